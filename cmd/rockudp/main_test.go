@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rockudp/rockudp/edp"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// run executes the CLI with args in-process and returns what it wrote.
+func run(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	root := newRootCmd(&out, &errb)
+	root.SetArgs(args)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = root.ExecuteContext(ctx)
+	return out.String(), errb.String(), err
+}
+
+func TestVersion(t *testing.T) {
+	out, _, err := run(t, "version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out, "rockudp ") || !strings.Contains(out, "go1.") {
+		t.Fatalf("version output %q", out)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"bogus"}, `unknown command "bogus"`},
+		{[]string{"version", "--log-level", "loud"}, `--log-level "loud"`},
+		{[]string{"version", "--log-format", "xml"}, `--log-format "xml"`},
+		{[]string{"edp", "probe"}, "accepts 1 arg(s), received 0"},
+		{[]string{"edp", "probe", "127.0.0.1:1", "--timeout", "0s"}, "--timeout must be positive"},
+		{[]string{"edp", "probe", "127.0.0.1:1", "--bogus"}, "unknown flag: --bogus"},
+	} {
+		_, _, err := run(t, tc.args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: got error %v, want one containing %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestEDPProbeEnhanced(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := edp.NewListener(inner, &edp.Config{Enhancements: []edp.Enhancement{
+		{Name: "rocks", Version: 1}, {Name: "zstd", Version: 2},
+	}})
+	t.Cleanup(func() { l.Close() })
+	go func() { // drain: probes never arrive here, but be a well-behaved server
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	out, _, err := run(t, "edp", "probe", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != "enhanced rocks/1 zstd/2\n" {
+		t.Fatalf("got %q, want %q", out, "enhanced rocks/1 zstd/2\n")
+	}
+}
+
+func TestEDPProbeOrdinaryHTTP(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	t.Cleanup(srv.Close)
+	out, _, err := run(t, "edp", "probe", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out, "ordinary ") {
+		t.Fatalf("got %q, want ordinary", out)
+	}
+}
+
+func TestEDPProbeBanner(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("SSH-2.0-OpenSSH_9.2\r\n"))
+			c.Close()
+		}
+	}()
+	out, _, err := run(t, "edp", "probe", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != "ordinary data\n" {
+		t.Fatalf("got %q, want %q", out, "ordinary data\n")
+	}
+}
+
+func TestEDPProbeUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now: connection refused
+	_, _, err = run(t, "edp", "probe", addr)
+	if err == nil || !strings.Contains(err.Error(), "cannot probe "+addr) {
+		t.Fatalf("got %v, want a clear error naming %s", err, addr)
+	}
+}
+
+func TestDemoRuns(t *testing.T) {
+	out, _, err := run(t, "demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "rockudp demo") {
+		t.Fatalf("demo output %q", out)
+	}
+}

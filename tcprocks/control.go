@@ -1,0 +1,170 @@
+package tcprocks
+
+import (
+	"context"
+	"net"
+	"time"
+
+	"github.com/rockudp/rockudp/callbacks"
+	"github.com/rockudp/rockudp/internal/control"
+)
+
+// controlChannel is what a rock needs from its control channel. *control.Channel (QUIC) is the
+// only implementation today; a TCP fallback for networks that block UDP can implement it too.
+type controlChannel interface {
+	Start(h control.Heartbeat)
+	SetPolicy(interval time.Duration, misses int)
+	Ack(consumed uint64) error
+	Send(ctx context.Context, m []byte) error
+	Close() error
+}
+
+var _ controlChannel = (*control.Channel)(nil)
+
+// attachChannel makes ch the rock's control channel and starts its heartbeats.
+func (c *Conn) attachChannel(ch controlChannel) {
+	c.mu.Lock()
+	if c.finished || c.state != Connected {
+		c.unlock()
+		ch.Close()
+		return
+	}
+	old := c.ch
+	c.ch = ch
+	c.lastReport = c.received
+	p := c.policy
+	c.sendFin()
+	c.maybeFinAck()
+	c.broadcast()
+	c.unlock()
+	if old != nil {
+		old.Close()
+	}
+	ch.Start(control.Heartbeat{
+		Interval: p.HeartbeatInterval,
+		Misses:   p.MissedHeartbeats,
+		Consumed: func() uint64 {
+			c.mu.Lock()
+			defer c.unlock()
+			if c.ch == ch && c.wconn != nil && c.readers == 0 && connBroken(c.wconn) {
+				c.suspend(errDataBroken)
+			}
+			return c.received
+		},
+		OnHeartbeat: func(n uint64) {
+			c.mu.Lock()
+			if c.ch == ch {
+				c.ack(n)
+			}
+			c.unlock()
+		},
+		OnMessage: func(m []byte) { c.onControlMessage(ch, m) },
+		OnDead: func(err error) {
+			c.mu.Lock()
+			if c.ch == ch {
+				c.cfg.Logger.Debug("tcprocks: control channel dead", "err", err)
+				c.suspend(errHeartbeat)
+			}
+			c.unlock()
+		},
+	})
+}
+
+// onControlMessage handles a reliable control message from the peer.
+func (c *Conn) onControlMessage(ch controlChannel, m []byte) {
+	c.mu.Lock()
+	defer c.unlock()
+	if c.ch != ch || len(m) == 0 {
+		return
+	}
+	switch m[0] {
+	case msgFin:
+		f, _, err := parseFinMsg(m)
+		if err != nil {
+			c.cfg.Logger.Debug("tcprocks: bad control message", "err", err)
+			return
+		}
+		c.peerClosed(f.Fin, f.Count)
+	case msgFinAck:
+		n, _, err := parseFinAck(m)
+		if err != nil {
+			c.cfg.Logger.Debug("tcprocks: bad control message", "err", err)
+			return
+		}
+		if c.localFin == finFull {
+			c.ack(min(n, c.sent))
+			c.finAcked = true
+			c.checkDone()
+		}
+	default:
+		c.cfg.Logger.Debug("tcprocks: unknown control message", "type", m[0])
+	}
+}
+
+// peerClosed records the peer's close state (from FIN or a resumption exchange). Under mu.
+func (c *Conn) peerClosed(f finState, at uint64) {
+	if f == finNone || f < c.peerFin {
+		return
+	}
+	if at < c.received || (c.peerFin != finNone && at != c.peerFinAt) {
+		c.cfg.Logger.Debug("tcprocks: inconsistent FIN", "at", at, "received", c.received)
+		return
+	}
+	c.peerFin, c.peerFinAt = f, at
+	if c.received >= at {
+		c.interruptReaders()
+	}
+	c.maybeAck()
+	c.maybeFinAck()
+	c.checkDone()
+	c.broadcast()
+}
+
+// dialControl (dialing side) establishes the control channel in the background, retrying with
+// backoff, until it is up or the rock suspends or finishes. Under mu.
+func (c *Conn) dialControl() {
+	if c.role != callbacks.Client || c.finished || c.state != Connected {
+		return
+	}
+	if c.chCancel != nil {
+		c.chCancel()
+	}
+	ctx, cancel := context.WithCancel(c.ctx)
+	c.chCancel = cancel
+	tcp, _ := c.raddr.(*net.TCPAddr)
+	if tcp == nil {
+		return
+	}
+	raddr := &net.UDPAddr{IP: tcp.IP, Port: tcp.Port, Zone: tcp.Zone}
+	key := c.keys.control
+	c.wg.Go(func() {
+		client, err := c.cfg.controlClient()
+		if err != nil {
+			c.cfg.Logger.Warn("tcprocks: no control client", "err", err)
+			return
+		}
+		backoff := 100 * time.Millisecond
+		for {
+			dctx, dcancel := context.WithTimeout(ctx, c.cfg.ResumeTimeout)
+			ch, err := client.Dial(dctx, raddr, control.ID(c.id), key)
+			dcancel()
+			if err == nil {
+				if ctx.Err() != nil {
+					ch.Close()
+					return
+				}
+				c.attachChannel(ch)
+				return
+			}
+			c.cfg.Logger.Debug("tcprocks: control channel", "addr", raddr, "err", err)
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			backoff = min(2*backoff, 30*time.Second)
+		}
+	})
+}

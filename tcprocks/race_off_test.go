@@ -1,0 +1,5 @@
+//go:build !race
+
+package tcprocks
+
+const raceEnabled = false

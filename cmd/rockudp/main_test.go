@@ -22,7 +22,7 @@ func run(t *testing.T, args ...string) (stdout, stderr string, err error) {
 	var out, errb bytes.Buffer
 	root := newRootCmd(&out, &errb)
 	root.SetArgs(args)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	err = root.ExecuteContext(ctx)
 	return out.String(), errb.String(), err
@@ -134,12 +134,28 @@ func TestEDPProbeUnreachable(t *testing.T) {
 	}
 }
 
+// TestDemoRuns runs the README's main command as a newcomer would: it must stream both
+// ways through every scripted failure and exit 0 with both streams exact.
 func TestDemoRuns(t *testing.T) {
 	out, _, err := run(t, "demo")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("demo failed: %v\n%s", err, out)
 	}
-	if !strings.Contains(out, "rockudp demo") {
-		t.Fatalf("demo output %q", out)
+	for _, want := range []string{"client → service", "service → client", "failures survived: 4 of 4",
+		"Every byte arrived exactly once"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Count(out, "exact") < 2 || strings.Contains(out, "MISMATCH") {
+		t.Fatalf("streams not exact:\n%s", out)
+	}
+}
+
+func TestDemoBadFlags(t *testing.T) {
+	for _, args := range [][]string{{"demo", "--rate", "0"}, {"demo", "--misses", "0"}} {
+		if _, _, err := run(t, args...); err == nil {
+			t.Errorf("%v: no error", args)
+		}
 	}
 }

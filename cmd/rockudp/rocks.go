@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+
+	"github.com/rockudp/rockudp/internal/forward"
+	"github.com/rockudp/rockudp/tcprocks"
+)
+
+// serveRocks is the paper's rockd: it accepts rocks (and plain TCP from ordinary
+// clients) on ln and joins each to a new TCP connection to the service at to. It
+// returns when ln is closed, after every joined pair has ended; when ctx ends, every
+// pair is closed.
+func serveRocks(ctx context.Context, ln *tcprocks.Listener, to string, log *slog.Logger) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.AcceptConn()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var d net.Dialer
+			up, err := d.DialContext(ctx, "tcp", to)
+			if err != nil {
+				log.Warn("cannot reach the service; closing the client's connection", "service", to, "err", err)
+				c.Close()
+				return
+			}
+			stop := context.AfterFunc(ctx, func() { c.Close(); up.Close() })
+			defer stop()
+			n, err := forward.Join(c, up)
+			log.Debug("connection ended", "client", c.RemoteAddr(), "enhanced", c.Enhanced(),
+				"bytes_in", n.AToB, "bytes_out", n.BToA, "err", err)
+		}()
+	}
+}
+
+// connectRocks accepts local TCP connections on local and carries each over its own
+// rock to server. It returns when local is closed, after every joined pair has ended;
+// when ctx ends, every pair is closed.
+func connectRocks(ctx context.Context, local net.Listener, server string, cfg *tcprocks.Config, log *slog.Logger) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := local.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rock, err := tcprocks.Dial(ctx, "tcp", server, cfg)
+			if err != nil {
+				log.Warn("cannot reach the rockudp server; closing the local connection", "server", server, "err", err)
+				c.Close()
+				return
+			}
+			stop := context.AfterFunc(ctx, func() { c.Close(); rock.Close() })
+			defer stop()
+			n, err := forward.Join(c, rock)
+			log.Debug("connection ended", "local", c.RemoteAddr(), "enhanced", rock.Enhanced(),
+				"bytes_out", n.AToB, "bytes_in", n.BToA, "err", err)
+		}()
+	}
+}

@@ -285,17 +285,32 @@ loop:
 		}
 	default:
 	}
-	// Drain events that raced the end of the streams.
-	for drained := false; !drained; {
+	if firstErr != nil {
+		return fmt.Errorf("demo failed: %w", firstErr)
+	}
+	// A rock's Close returns at once and finishes the graceful close in the background;
+	// wait for both rocks to report Closed before tearing the process down, as any
+	// program that exits after closing its rocks should.
+	closed := map[string]bool{}
+	for _, e := range log {
+		if e.Kind == callbacks.Closed {
+			closed[e.side] = true
+		}
+	}
+	closeWait := time.NewTimer(30 * time.Second)
+	defer closeWait.Stop()
+	for !closed["client"] || !closed["server"] {
 		select {
 		case e := <-events:
 			log = append(log, e)
-		default:
-			drained = true
+			if e.Kind == callbacks.Closed {
+				closed[e.side] = true
+			}
+		case <-closeWait.C:
+			return errors.New("demo failed: the rocks did not finish closing within 30s")
+		case <-ctx.Done():
+			return fmt.Errorf("demo failed: %w", ctx.Err())
 		}
-	}
-	if firstErr != nil {
-		return fmt.Errorf("demo failed: %w", firstErr)
 	}
 
 	faultMu.Lock()

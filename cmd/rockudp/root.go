@@ -51,6 +51,7 @@ Start with "rockudp demo".`,
 		newVersionCmd(),
 		newEDPCmd(g),
 		newDemoCmd(g),
+		newLocatorCmd(g),
 	)
 	return root
 }

@@ -52,6 +52,7 @@ Start with "rockudp demo".`,
 		newEDPCmd(g),
 		newDemoCmd(g),
 		newLocatorCmd(g),
+		newKeygenCmd(),
 	)
 	return root
 }

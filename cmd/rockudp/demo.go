@@ -152,12 +152,12 @@ func runDemo(ctx context.Context, out io.Writer, g *globalOpts, o *demoOpts) err
 	loops.Add(2)
 	go func() {
 		defer loops.Done()
-		serveRocks(ctx, serveLn, svcLn.Addr().String(), g.logger)
+		serveRocks(ctx, serveLn, svcLn.Addr().String(), true, nil, g.logger)
 	}()
 	go func() {
 		defer loops.Done()
 		connectRocks(ctx, localLn, rl.Addr().String(), &tcprocks.Config{Policy: policy,
-			Handler: handler("client"), ControlClient: cc, Logger: g.logger}, g.logger)
+			Handler: handler("client"), ControlClient: cc, Logger: g.logger}, nil, g.logger)
 	}()
 	defer func() {
 		localLn.Close()

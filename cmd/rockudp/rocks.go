@@ -11,11 +11,11 @@ import (
 	"github.com/rockudp/rockudp/tcprocks"
 )
 
-// serveRocks is the paper's rockd: it accepts rocks (and plain TCP from ordinary
-// clients) on ln and joins each to a new TCP connection to the service at to. It
+// serveRocks is the paper's rockd: it accepts rocks (and, when plainOK, plain TCP from
+// ordinary clients) on ln and joins each to a new TCP connection to the service at to. It
 // returns when ln is closed, after every joined pair has ended; when ctx ends, every
 // pair is closed.
-func serveRocks(ctx context.Context, ln *tcprocks.Listener, to string, log *slog.Logger) error {
+func serveRocks(ctx context.Context, ln *tcprocks.Listener, to string, plainOK bool, tr *rockTracker, log *slog.Logger) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
@@ -25,6 +25,14 @@ func serveRocks(ctx context.Context, ln *tcprocks.Listener, to string, log *slog
 				return nil
 			}
 			return err
+		}
+		if tr != nil {
+			tr.add(c.ID())
+		}
+		if !plainOK && !c.Enhanced() {
+			log.Warn("refused an ordinary TCP client: a pre-shared key is required", "client", c.RemoteAddr())
+			c.Close()
+			continue
 		}
 		wg.Add(1)
 		go func() {
@@ -48,7 +56,7 @@ func serveRocks(ctx context.Context, ln *tcprocks.Listener, to string, log *slog
 // connectRocks accepts local TCP connections on local and carries each over its own
 // rock to server. It returns when local is closed, after every joined pair has ended;
 // when ctx ends, every pair is closed.
-func connectRocks(ctx context.Context, local net.Listener, server string, cfg *tcprocks.Config, log *slog.Logger) error {
+func connectRocks(ctx context.Context, local net.Listener, server string, cfg *tcprocks.Config, tr *rockTracker, log *slog.Logger) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
@@ -67,6 +75,9 @@ func connectRocks(ctx context.Context, local net.Listener, server string, cfg *t
 				log.Warn("cannot reach the rockudp server; closing the local connection", "server", server, "err", err)
 				c.Close()
 				return
+			}
+			if tr != nil {
+				tr.add(rock.ID())
 			}
 			stop := context.AfterFunc(ctx, func() { c.Close(); rock.Close() })
 			defer stop()

@@ -53,6 +53,8 @@ Start with "rockudp demo".`,
 		newDemoCmd(g),
 		newLocatorCmd(g),
 		newKeygenCmd(),
+		newServeCmd(g),
+		newConnectCmd(g),
 	)
 	return root
 }

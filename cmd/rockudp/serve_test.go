@@ -1,0 +1,221 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// echoService is a TCP service that echoes every connection until EOF.
+func echoService(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+				c.Close()
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// background runs the CLI with args until the test ends.
+func background(t *testing.T, args ...string) *syncBuffer {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	root := newRootCmd(&out, io.Discard)
+	root.SetArgs(args)
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%v: %v", args, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("%v did not stop", args)
+		}
+	})
+	return &out
+}
+
+// waitDial dials addr until it answers.
+func waitDial(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never answered: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func writeKey(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "k.psk")
+	if _, _, err := run(t, "keygen", "-o", p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestServeConnect: local client → connect --listen → rock → serve → echo service, with a key.
+func TestServeConnect(t *testing.T) {
+	svc := echoService(t)
+	key := writeKey(t)
+	srv, loc := freePort(t), freePort(t)
+	background(t, "serve", "--listen", srv, "--to", svc, "--psk-file", key)
+	waitDial(t, srv).Close()
+	background(t, "connect", "--server", srv, "--listen", loc, "--psk-file", key)
+	c := waitDial(t, loc)
+	defer c.Close()
+	msg := bytes.Repeat([]byte("through a rock "), 10000)
+	go func() {
+		c.Write(msg)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo: %d bytes (err %v), want %d", len(got), err, len(msg))
+	}
+}
+
+// TestServeRefusesWrongKey: a client with another key, and an ordinary TCP client, never
+// reach the service.
+func TestServeRefusesWrongKey(t *testing.T) {
+	reached := make(chan struct{}, 10)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			buf := make([]byte, 1)
+			if n, _ := c.Read(buf); n > 0 {
+				reached <- struct{}{}
+			}
+			c.Close()
+		}
+	}()
+	srv, loc := freePort(t), freePort(t)
+	background(t, "serve", "--listen", srv, "--to", ln.Addr().String(), "--psk-file", writeKey(t))
+	waitDial(t, srv).Close()
+	background(t, "connect", "--server", srv, "--listen", loc, "--psk-file", writeKey(t)) // another key
+	c := waitDial(t, loc)
+	c.Write([]byte("let me in"))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, _ := c.Read(make([]byte, 10)); n > 0 {
+		t.Fatal("a client with the wrong key got an answer")
+	}
+	c.Close()
+	plain, err := net.Dial("tcp", srv) // an ordinary client, no rock at all
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+	plain.SetReadDeadline(time.Now().Add(10 * time.Second))
+	io.ReadAll(plain)
+	plain.Close()
+	select {
+	case <-reached:
+		t.Fatal("the service received bytes from a client without the key")
+	default:
+	}
+}
+
+// TestConnectStdio carries stdin/stdout over one rock, as ssh's ProxyCommand does.
+func TestConnectStdio(t *testing.T) {
+	svc := echoService(t)
+	srv := freePort(t)
+	background(t, "serve", "--listen", srv, "--to", svc, "--no-auth")
+	waitDial(t, srv).Close()
+	var out bytes.Buffer
+	root := newRootCmd(&out, io.Discard)
+	root.SetIn(strings.NewReader("hello over stdio\n"))
+	root.SetArgs([]string{"connect", "--server", srv, "--stdio"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := root.ExecuteContext(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != "hello over stdio\n" {
+		t.Fatalf("got %q", out.String())
+	}
+}
+
+func TestServeConnectBadInput(t *testing.T) {
+	svc := echoService(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	missing := filepath.Join(t.TempDir(), "none.psk")
+	bad := filepath.Join(t.TempDir(), "bad.psk")
+	os.WriteFile(bad, []byte("not a key\n"), 0o600)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve", "--to", svc}, "refusing to run an open forwarder"},
+		{[]string{"serve", "--no-auth"}, "--to HOST:PORT is required"},
+		{[]string{"serve", "--no-auth", "--psk-file", bad, "--to", svc}, "none of the others can be"},
+		{[]string{"serve", "--psk-file", missing, "--to", svc}, "pre-shared key"},
+		{[]string{"serve", "--psk-file", bad, "--to", svc}, "not a base64 key"},
+		{[]string{"serve", "--no-auth", "--to", "127.0.0.1:1"}, "--to 127.0.0.1:1 is not reachable"},
+		{[]string{"serve", "--no-auth", "--to", svc, "--listen", busy.Addr().String()}, "cannot listen on"},
+		{[]string{"serve", "--no-auth", "--to", svc, "--misses", "0"}, "must be positive"},
+		{[]string{"connect", "--listen", "127.0.0.1:0"}, "--server HOST:PORT is required"},
+		{[]string{"connect", "--server", svc}, "exactly one of --listen ADDR and --stdio"},
+		{[]string{"connect", "--server", "127.0.0.1:1", "--listen", "127.0.0.1:0"}, "is not reachable"},
+		{[]string{"connect", "--server", svc, "--stdio", "--listen", "x"}, "none of the others can be"},
+	} {
+		_, _, err := run(t, tc.args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: got %v, want an error containing %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a command writing while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.Buffer.Write(p)
+}

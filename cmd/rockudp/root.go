@@ -55,6 +55,7 @@ Start with "rockudp demo".`,
 		newKeygenCmd(),
 		newServeCmd(g),
 		newConnectCmd(g),
+		newTunnelCmd(g),
 	)
 	return root
 }

@@ -47,6 +47,9 @@ func serveRocks(ctx context.Context, ln *tcprocks.Listener, to string, plainOK b
 			stop := context.AfterFunc(ctx, func() { c.Close(); up.Close() })
 			defer stop()
 			n, err := forward.Join(c, up)
+			if tr != nil {
+				tr.m.forwarded(n.BToA, n.AToB)
+			}
 			log.Debug("connection ended", "client", c.RemoteAddr(), "enhanced", c.Enhanced(),
 				"bytes_in", n.AToB, "bytes_out", n.BToA, "err", err)
 		}()
@@ -82,6 +85,9 @@ func connectRocks(ctx context.Context, local net.Listener, server string, cfg *t
 			stop := context.AfterFunc(ctx, func() { c.Close(); rock.Close() })
 			defer stop()
 			n, err := forward.Join(c, rock)
+			if tr != nil {
+				tr.m.forwarded(n.AToB, n.BToA)
+			}
 			log.Debug("connection ended", "local", c.RemoteAddr(), "enhanced", rock.Enhanced(),
 				"bytes_out", n.AToB, "bytes_in", n.BToA, "err", err)
 		}()

@@ -25,6 +25,7 @@ type rockOpts struct {
 	heartbeat        time.Duration
 	misses           int
 	reconnectTimeout time.Duration
+	metricsAddr      string
 }
 
 func (o *rockOpts) add(c *cobra.Command) {
@@ -34,6 +35,16 @@ func (o *rockOpts) add(c *cobra.Command) {
 	f.IntVar(&o.misses, "misses", callbacks.DefaultMissedHeartbeats, "missed heartbeats before a rock suspends")
 	f.DurationVar(&o.reconnectTimeout, "reconnect-timeout", callbacks.DefaultReconnectTimeout,
 		"how long a suspended rock keeps trying before it closes (0: never give up)")
+	f.StringVar(&o.metricsAddr, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics")
+}
+
+// startMetrics serves --metrics when given and connects it to tr; stop is never nil.
+func (o *rockOpts) startMetrics(ctx context.Context, tr *rockTracker, log *slog.Logger) (stop func(), err error) {
+	if o.metricsAddr == "" {
+		return func() {}, nil
+	}
+	tr.m = newMetrics()
+	return serveMetrics(ctx, o.metricsAddr, tr.m, log)
 }
 
 // config builds the rocks' Config: policy, event logging and, with a key file, the
@@ -152,6 +163,11 @@ A forwarder anyone can use is an open door to --to: serve refuses to start witho
 			if err := checkReachable(ctx, "--to", to); err != nil {
 				return err
 			}
+			stopMetrics, err := o.startMetrics(ctx, tr, g.logger)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			ln, err := tcprocks.Listen("tcp", listen, cfg)
 			if err != nil {
 				return fmt.Errorf("cannot listen on %s: %w", listen, err)
@@ -211,6 +227,11 @@ and output over one rock, for ssh's ProxyCommand:
 			defer cc.Close()
 			cfg.ControlClient = cc
 			ctx := cmd.Context()
+			stopMetrics, err := o.startMetrics(ctx, tr, g.logger)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			if stdio {
 				err := connectStdio(ctx, cmd.InOrStdin(), cmd.OutOrStdout(), server, cfg, tr)
 				finishClosing(tr, g)

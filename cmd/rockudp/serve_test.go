@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -89,8 +91,8 @@ func writeKey(t *testing.T) string {
 func TestServeConnect(t *testing.T) {
 	svc := echoService(t)
 	key := writeKey(t)
-	srv, loc := freePort(t), freePort(t)
-	background(t, "serve", "--listen", srv, "--to", svc, "--psk-file", key)
+	srv, loc, met := freePort(t), freePort(t), freePort(t)
+	background(t, "serve", "--listen", srv, "--to", svc, "--psk-file", key, "--metrics", met)
 	waitDial(t, srv).Close()
 	background(t, "connect", "--server", srv, "--listen", loc, "--psk-file", key)
 	c := waitDial(t, loc)
@@ -104,6 +106,35 @@ func TestServeConnect(t *testing.T) {
 	if err != nil || !bytes.Equal(got, msg) {
 		t.Fatalf("echo: %d bytes (err %v), want %d", len(got), err, len(msg))
 	}
+	// The server's metrics count the rock and, once the join ends, its bytes.
+	want := fmt.Sprintf(`rockudp_forwarded_bytes_total{direction="from_rock"} %d`, len(msg))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		page := scrape(t, met)
+		if strings.Contains(page, want) && strings.Contains(page, "rockudp_rocks_open") &&
+			strings.Contains(page, "go_goroutines") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics lack %q:\n%s", want, page)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// scrape fetches http://addr/metrics.
+func scrape(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // TestServeRefusesWrongKey: a client with another key, and an ordinary TCP client, never
@@ -196,6 +227,7 @@ func TestServeConnectBadInput(t *testing.T) {
 		{[]string{"serve", "--no-auth", "--to", "127.0.0.1:1"}, "--to 127.0.0.1:1 is not reachable"},
 		{[]string{"serve", "--no-auth", "--to", svc, "--listen", busy.Addr().String()}, "cannot listen on"},
 		{[]string{"serve", "--no-auth", "--to", svc, "--misses", "0"}, "must be positive"},
+		{[]string{"serve", "--no-auth", "--to", svc, "--metrics", busy.Addr().String()}, "--metrics " + busy.Addr().String()},
 		{[]string{"connect", "--listen", "127.0.0.1:0"}, "--server HOST:PORT is required"},
 		{[]string{"connect", "--server", svc}, "exactly one of --listen ADDR and --stdio"},
 		{[]string{"connect", "--server", "127.0.0.1:1", "--listen", "127.0.0.1:0"}, "is not reachable"},

@@ -14,6 +14,7 @@ type rockTracker struct {
 	live   map[[16]byte]bool
 	closed map[[16]byte]bool // Closed seen before add (a rock that ended at once)
 	idle   *sync.Cond
+	m      *metrics // nil: no --metrics
 }
 
 func newRockTracker() *rockTracker {
@@ -24,6 +25,7 @@ func newRockTracker() *rockTracker {
 
 // add records a new rock (id is zero for plain TCP, which has nothing to wait for).
 func (t *rockTracker) add(id [16]byte) {
+	t.m.opened(id)
 	if id == ([16]byte{}) {
 		return
 	}
@@ -38,6 +40,7 @@ func (t *rockTracker) add(id [16]byte) {
 
 // HandleEvent removes a rock once it has closed.
 func (t *rockTracker) HandleEvent(e callbacks.Event) {
+	t.m.HandleEvent(e)
 	if e.Kind != callbacks.Closed {
 		return
 	}

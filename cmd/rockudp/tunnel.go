@@ -85,6 +85,11 @@ func newTunnelServerCmd(g *globalOpts) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			stopMetrics, err := o.rock.startMetrics(cmd.Context(), tr, g.logger)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			ln, err := tcprocks.Listen("tcp", listen, cfg)
 			if err != nil {
 				return fmt.Errorf("cannot listen on %s: %w", listen, err)
@@ -92,6 +97,9 @@ func newTunnelServerCmd(g *globalOpts) *cobra.Command {
 			acc, err := tunnel.Serve(&rockOnly{Listener: ln, plainOK: o.rock.pskFile == "", tr: tr, log: g.logger}, to, tcfg)
 			if err != nil {
 				return err
+			}
+			if tr.m != nil {
+				tr.m.addTunnel(acc.Stats)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "tunnel server on %s (tcp + udp), datagrams to udp %s\n", ln.Addr(), to)
 			select {
@@ -182,6 +190,12 @@ func newTunnelClientCmd(g *globalOpts) *cobra.Command {
 			defer cc.Close()
 			cfg.ControlClient = cc
 			ctx := cmd.Context()
+			stopMetrics, err := o.rock.startMetrics(ctx, tr, g.logger)
+			if err != nil {
+				uc.Close()
+				return err
+			}
+			defer stopMetrics()
 			dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			rock, err := tcprocks.Dial(dctx, "tcp", server, cfg)
 			cancel()
@@ -193,6 +207,9 @@ func newTunnelClientCmd(g *globalOpts) *cobra.Command {
 			cl, err := tunnel.NewClient(rock, uc, tcfg)
 			if err != nil {
 				return err
+			}
+			if tr.m != nil {
+				tr.m.addTunnel(cl.Stats)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "tunnel client on udp %s, carried over a rock to %s\n", cl.LocalAddr(), server)
 			select {

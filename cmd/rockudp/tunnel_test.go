@@ -34,10 +34,10 @@ func udpEcho(t *testing.T) string {
 func TestTunnelCommands(t *testing.T) {
 	svc := udpEcho(t)
 	key := writeKey(t)
-	srv, cli := freePort(t), freePort(t)
+	srv, cli, met := freePort(t), freePort(t), freePort(t)
 	background(t, "tunnel", "server", "--listen", srv, "--to", svc, "--psk-file", key)
 	waitDial(t, srv).Close()
-	background(t, "tunnel", "client", "--listen", cli, "--server", srv, "--psk-file", key)
+	background(t, "tunnel", "client", "--listen", cli, "--server", srv, "--psk-file", key, "--metrics", met)
 	for i := 0; i < 2; i++ {
 		c, err := net.Dial("udp", cli)
 		if err != nil {
@@ -60,6 +60,13 @@ func TestTunnelCommands(t *testing.T) {
 			if time.Now().After(deadline) {
 				t.Fatalf("source %d: no echo through the tunnel: %v", i, err)
 			}
+		}
+	}
+	page := scrape(t, met)
+	for _, want := range []string{"rockudp_tunnel_flows 2", "rockudp_tunnel_datagrams_in_total",
+		`rockudp_tunnel_dropped_datagrams_total{reason="queue-full"} 0`} {
+		if !strings.Contains(page, want) {
+			t.Errorf("tunnel client metrics lack %q", want)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -373,7 +374,8 @@ func TestMoveTo(t *testing.T) {
 		t.Error("a connection from the old network still works")
 	}
 	// The delay stayed with the old network: its delay line is gone.
-	if out, err := p.r.Run(ctx, "ip", "-o", "link"); err != nil || strings.Contains(out, "d1:") {
+	// "N: d1: <...>" — match the name field, not a MAC address that happens to hold "d1:".
+	if out, err := p.r.Run(ctx, "ip", "-o", "link"); err != nil || regexp.MustCompile(`(?m)^\d+: d1[:@]`).MatchString(out) {
 		t.Errorf("the old router still has the delay line's TUN device d1: %v\n%s", err, out)
 	}
 	if out, err := p.r.Run(ctx, "ip", "rule"); err != nil || strings.Contains(out, "lookup 1001") {

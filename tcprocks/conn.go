@@ -2,6 +2,7 @@ package tcprocks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -230,9 +231,54 @@ func (c *Conn) install(conn net.Conn) {
 	c.broadcast()
 }
 
+// watchData checks the data connection at every heartbeat interval, from the rock's own timer:
+// heartbeats prove only the control path, which may migrate to a new address (or be absent
+// after a resumption) while the data connection is dead. It runs until the rock finishes.
+func (c *Conn) watchData() {
+	t := time.NewTimer(c.Policy().HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		c.checkData()
+		d := c.policy.HeartbeatInterval
+		c.unlock()
+		t.Reset(d)
+	}
+}
+
+// checkData suspends a connected rock whose data connection the kernel reports closed, or
+// which has had unacknowledged data and no TCP acknowledgement for MissedHeartbeats heartbeat
+// intervals. Under mu.
+func (c *Conn) checkData() {
+	if c.state != Connected || c.wconn == nil {
+		return
+	}
+	if c.readers == 0 && connBroken(c.wconn) {
+		c.suspend(errDataBroken)
+		return
+	}
+	limit := c.policy.HeartbeatInterval * time.Duration(c.policy.MissedHeartbeats)
+	if d := dataStall(c.wconn); d > limit {
+		c.suspend(fmt.Errorf("%w: no TCP acknowledgement for %v", errDataStalled, d))
+	}
+}
+
 // suspend enters the Suspended state because of cause. Under mu.
 func (c *Conn) suspend(cause error) {
 	if c.state != Connected || c.finished {
+		return
+	}
+	if c.closedBothWays() || (c.peerFinAcked && peerLeft(cause)) {
+		// The peer has closed its rock and will read nothing more, and we have closed ours
+		// (need nothing more from it) or have acknowledged its close and it has ended its
+		// connection: it has finished.
+		c.peerGone = true
+		c.finish(nil)
 		return
 	}
 	old, ch := c.conn, c.ch
@@ -273,10 +319,10 @@ func (c *Conn) armTimeout() {
 		return
 	}
 	gen := c.gen
-	if c.peerFinAcked && c.role == callbacks.Server {
-		// The peer closed and we acknowledged that: it needs nothing more from us, unless
-		// our acknowledgement was lost, in which case it resumes within a few seconds. Wait
-		// that long, not the reconnect timeout.
+	if c.canAckPeerFin() && c.role == callbacks.Server {
+		// The peer closed, and we acknowledged that (or can: we read everything or closed
+		// too): it needs nothing more from us, unless our acknowledgement was lost, in which
+		// case it resumes within a few seconds. Wait that long, not the reconnect timeout.
 		linger := 2 * c.policy.HeartbeatInterval * time.Duration(c.policy.MissedHeartbeats)
 		c.timer = time.AfterFunc(time.Until(c.suspendedAt.Add(linger)), func() {
 			c.mu.Lock()
@@ -354,6 +400,19 @@ func (c *Conn) checkDone() {
 	if c.finAcked || (c.peerFinAcked && c.peerGone) {
 		c.finish(nil)
 	}
+}
+
+// peerLeft reports whether a suspension's cause is the peer ending a connection (its control
+// channel or its data connection), rather than the network failing.
+func peerLeft(cause error) bool {
+	return errors.Is(cause, errCtlClosed) || errors.Is(cause, errDataEOF) || errors.Is(cause, errDataBroken)
+}
+
+// closedBothWays reports whether both sides have closed their rocks (Close, not CloseWrite)
+// and this side has read all it will read, so that neither needs anything more from the other.
+// Under mu.
+func (c *Conn) closedBothWays() bool {
+	return c.appClosed && c.canAckPeerFin()
 }
 
 // canAckPeerFin reports whether the peer's FIN(full) can be acknowledged: everything it sent
@@ -549,6 +608,12 @@ func (c *Conn) Write(b []byte) (int, error) {
 			}
 			total += int(k)
 			b = b[k:]
+			if len(b) == 0 {
+				// Everything is committed: a close by either side from now on does not
+				// undo this Write.
+				c.unlock()
+				return total, nil
+			}
 			continue
 		}
 		c.wait(c.wdl)
@@ -699,6 +764,9 @@ func (c *Conn) Close() error {
 	c.setLocalFin(finFull)
 	c.maybeFinAck()
 	c.checkDone()
+	if c.state == Suspended {
+		c.armTimeout() // closing may shorten the wait for the peer
+	}
 	if !c.finished {
 		c.wg.Go(c.linger)
 	}

@@ -2,6 +2,7 @@ package tcprocks
 
 import (
 	"context"
+	"errors"
 	"net"
 	"time"
 
@@ -46,8 +47,8 @@ func (c *Conn) attachChannel(ch controlChannel) {
 		Consumed: func() uint64 {
 			c.mu.Lock()
 			defer c.unlock()
-			if c.ch == ch && c.wconn != nil && c.readers == 0 && connBroken(c.wconn) {
-				c.suspend(errDataBroken)
+			if c.ch == ch {
+				c.checkData()
 			}
 			return c.received
 		},
@@ -63,7 +64,11 @@ func (c *Conn) attachChannel(ch controlChannel) {
 			c.mu.Lock()
 			if c.ch == ch {
 				c.cfg.Logger.Debug("tcprocks: control channel dead", "err", err)
-				c.suspend(errHeartbeat)
+				cause := errHeartbeat
+				if errors.Is(err, control.ErrPeerClosed) {
+					cause = errCtlClosed
+				}
+				c.suspend(cause)
 			}
 			c.unlock()
 		},

@@ -89,6 +89,7 @@ func Dial(ctx context.Context, network, addr string, cfg *Config) (*Conn, error)
 	}
 	rc := newConn(c, rockParams{role: callbacks.Client, id: ok.ID, keys: k, local: m.Limits, peer: ok.Limits, conn: ec})
 	rc.dialed, rc.netw, rc.ann = addr, network, res.Announcement
+	rc.wg.Go(rc.watchData)
 	rc.mu.Lock()
 	rc.dialControl()
 	rc.unlock()
@@ -154,8 +155,8 @@ func (c *Conn) reconnectLoop() {
 				continue
 			}
 			c.mu.Lock()
-			if c.peerFinAcked {
-				// The peer closed, we acknowledged it, and it has finished.
+			if c.peerFinAcked || c.closedBothWays() {
+				// The peer closed, we acknowledged it (or closed too), and it has finished.
 				c.peerGone = true
 				c.finish(nil)
 			}

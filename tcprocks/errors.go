@@ -30,10 +30,12 @@ var (
 
 	errRefused       = errors.New("tcprocks: peer refused the resumption (connection unknown there)")
 	errHeartbeat     = errors.New("tcprocks: heartbeats missed")
+	errCtlClosed     = errors.New("tcprocks: control channel closed by the peer")
 	errRequested     = errors.New("tcprocks: suspended by the application")
 	errPeerReconnect = errors.New("tcprocks: peer reconnected")
 	errLingerNoCtl   = errors.New("tcprocks: closing without a control channel")
 	errDataBroken    = errors.New("tcprocks: data connection closed or reset by the network")
+	errDataStalled   = errors.New("tcprocks: data path stalled")
 	errDataEOF       = errors.New("tcprocks: data connection ended without a close message")
 	errProtocol      = errors.New("tcprocks: protocol violation")
 )

@@ -342,6 +342,7 @@ func (l *Listener) serve(ec *edp.Conn) {
 		}
 		l.rocks[st.id] = c
 		l.mu.Unlock()
+		c.wg.Go(c.watchData)
 		l.deliver(c)
 	case *resumeState:
 		if st.rock == nil {

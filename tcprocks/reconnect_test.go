@@ -20,7 +20,13 @@ import (
 // newRelay returns a relay to l, closed at the end of the test.
 func newRelay(t testing.TB, l *Listener) *relay.Relay {
 	t.Helper()
-	r, err := relay.New(l.Addr().String(), &relay.Config{CutLinger: 100 * time.Millisecond})
+	return newRelayTo(t, l.Addr().String())
+}
+
+// newRelayTo returns a relay to addr, closed at the end of the test.
+func newRelayTo(t testing.TB, addr string) *relay.Relay {
+	t.Helper()
+	r, err := relay.New(addr, &relay.Config{CutLinger: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -164,15 +164,6 @@ func TestMobility(t *testing.T) {
 		old, moved := w.clientLink.Prefixes()[0], netip.MustParsePrefix("192.0.2.130/25")
 		change := func() error { return w.clientLink.ChangeAddr(old, moved) }
 		const scenario = "1. address change (192.0.2.2 -> 192.0.2.130, other subnet)"
-		if !knownBugs() {
-			// The control case still runs: it shows the lab's fault is real.
-			if err := change(); err != nil {
-				t.Fatal(err)
-			}
-			row(netlab.Row{Scenario: "9. control: plain TCP in scenario 1", Notes: plain.mustDie(t)})
-			row(netlab.Row{Scenario: scenario, Notes: "NOT RUN: " + bugAddressChange})
-			t.Skip("known rock bug: " + bugAddressChange + " (ROCKUDP_MOBILITY_KNOWN_BUGS=1 runs it)")
-		}
 		m := p.inject(outage{fault: change})
 		control := plain.mustDie(t)
 		add(scenario, m, p.finish(2*time.Minute))
@@ -228,15 +219,6 @@ func TestMobility(t *testing.T) {
 		disconnect(t, 30*time.Minute, add)
 	})
 }
-
-// bugAddressChange is a known tcprocks bug that scenario 1 finds.
-const bugAddressChange = "after the client's address changes, the QUIC control channel migrates to the new " +
-	"address and heartbeats keep flowing, while the data connection, bound to the removed address, stalls: " +
-	"the rock never suspends (until TCP gives up, about 15 minutes)"
-
-// knownBugs reports whether the scenarios that known tcprocks bugs break should run
-// (ROCKUDP_MOBILITY_KNOWN_BUGS=1); by default they are skipped with the bug's description.
-func knownBugs() bool { return os.Getenv("ROCKUDP_MOBILITY_KNOWN_BUGS") == "1" }
 
 // disconnect is scenario 8: the client's link silently drops everything for d.
 func disconnect(t *testing.T, d time.Duration, add func(string, measurement, int64)) {

@@ -18,21 +18,14 @@ import (
 func serveRocks(ctx context.Context, ln *tcprocks.Listener, to string, plainOK bool, tr *rockTracker, log *slog.Logger) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	rl := &rockOnly{Listener: ln, plainOK: plainOK, tr: tr, log: log}
 	for {
-		c, err := ln.AcceptConn()
+		c, err := rl.AcceptRock()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return nil
 			}
 			return err
-		}
-		if tr != nil {
-			tr.add(c.ID())
-		}
-		if !plainOK && !c.Enhanced() {
-			log.Warn("refused an ordinary TCP client: a pre-shared key is required", "client", c.RemoteAddr())
-			c.Close()
-			continue
 		}
 		wg.Add(1)
 		go func() {
@@ -92,4 +85,41 @@ func connectRocks(ctx context.Context, local net.Listener, server string, cfg *t
 				"bytes_out", n.AToB, "bytes_in", n.BToA, "err", err)
 		}()
 	}
+}
+
+// rockOnly is a rock listener that, when a key is required (!plainOK), turns away
+// ordinary TCP clients — they have proven nothing — and records every rock in tr.
+type rockOnly struct {
+	*tcprocks.Listener
+	plainOK bool
+	tr      *rockTracker // nil: no tracking
+	log     *slog.Logger
+}
+
+// AcceptRock returns the next admitted connection.
+func (l *rockOnly) AcceptRock() (*tcprocks.Conn, error) {
+	for {
+		c, err := l.AcceptConn()
+		if err != nil {
+			return nil, err
+		}
+		if !l.plainOK && !c.Enhanced() {
+			l.log.Warn("refused an ordinary TCP client: a pre-shared key is required", "client", c.RemoteAddr())
+			c.Close()
+			continue
+		}
+		if l.tr != nil {
+			l.tr.add(c.ID())
+		}
+		return c, nil
+	}
+}
+
+// Accept is AcceptRock for users of net.Listener (tunnel.Serve).
+func (l *rockOnly) Accept() (net.Conn, error) {
+	c, err := l.AcceptRock()
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
 }

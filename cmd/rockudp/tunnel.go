@@ -123,31 +123,6 @@ func newTunnelServerCmd(g *globalOpts) *cobra.Command {
 	return c
 }
 
-// rockOnly is a rock listener that, when a key is required, turns away ordinary TCP
-// clients (they have proven nothing), and records every rock in a tracker.
-type rockOnly struct {
-	*tcprocks.Listener
-	plainOK bool
-	tr      *rockTracker
-	log     *slog.Logger
-}
-
-func (l *rockOnly) Accept() (net.Conn, error) {
-	for {
-		c, err := l.AcceptConn()
-		if err != nil {
-			return nil, err
-		}
-		if !l.plainOK && !c.Enhanced() {
-			l.log.Warn("refused an ordinary TCP client: a pre-shared key is required", "client", c.RemoteAddr())
-			c.Close()
-			continue
-		}
-		l.tr.add(c.ID())
-		return c, nil
-	}
-}
-
 func newTunnelClientCmd(g *globalOpts) *cobra.Command {
 	var (
 		o              tunnelOpts

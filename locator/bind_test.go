@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/rockudp/rockudp/internal/testport"
 )
 
 // named is a BIND 9 server started by a test.
@@ -47,21 +49,7 @@ func (b *syncBuffer) String() string {
 // freePort returns a port that was free for both UDP and TCP on 127.0.0.1 a moment ago.
 func freePort(t testing.TB) int {
 	t.Helper()
-	for range 20 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := pc.LocalAddr().(*net.UDPAddr).Port
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		pc.Close()
-		if err == nil {
-			ln.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port")
-	return 0
+	return testport.Free(t)
 }
 
 // startNamed starts named with the given key and zone statements ({dir} in zones is the

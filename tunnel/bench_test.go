@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/net/ipv4"
+
+	"github.com/rockudp/rockudp/internal/testport"
 )
 
 // The benchmarks compare, side by side on loopback, a UDP echo service
@@ -114,7 +116,7 @@ func udptunnelSetup(tb testing.TB) benchPath {
 		}
 		tb.Skip("udptunnel is not installed (apt-get install udptunnel); skipping its side of the comparison")
 	}
-	tcpPort, srvPort, cliPort := freePort(tb, "tcp"), freePort(tb, "udp"), freePort(tb, "udp")
+	tcpPort, srvPort, cliPort := freePort(tb), freePort(tb), freePort(tb)
 	// udptunnel sends from an ephemeral socket but reads only its bound
 	// port: like an RTP peer, the echo replies to that port.
 	echo := benchEcho(tb, net.JoinHostPort("127.0.0.2", strconv.Itoa(srvPort)),
@@ -153,23 +155,10 @@ func udptunnelSetup(tb testing.TB) benchPath {
 	return p
 }
 
-// freePort returns a port the kernel just gave out on 127.0.0.1.
-func freePort(tb testing.TB, network string) int {
+// freePort returns a port of 127.0.0.1 free for both TCP and UDP a moment ago.
+func freePort(tb testing.TB) int {
 	tb.Helper()
-	if network == "tcp" {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port
-	}
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
+	return testport.Free(tb)
 }
 
 // reuseAddr sets SO_REUSEADDR, so a socket can share its port with

@@ -3,26 +3,21 @@ package main
 import (
 	"bytes"
 	"context"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/rockudp/rockudp/internal/testport"
 	"github.com/rockudp/rockudp/locator"
 )
 
 const testKey = "rockudp-key.:c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA=="
 
-// freePort returns a loopback address whose UDP and TCP ports were free a moment ago.
+// freePort returns a loopback address whose UDP and TCP ports were free a moment ago,
+// outside the ephemeral range (see internal/testport).
 func freePort(t *testing.T) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := pc.LocalAddr().String()
-	pc.Close()
-	return addr
+	return testport.Addr(t)
 }
 
 // TestLocatorServeRegisterLookup drives the three commands together: serve in the

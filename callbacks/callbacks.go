@@ -174,6 +174,9 @@ type Query struct {
 	Dialed string
 	// Last is the peer's last known address (the remote address of the last data connection).
 	Last string
+	// Name is the locator name the peer announced at init (tcprocks.Config.Name on its side),
+	// or "" when it announced none.
+	Name string
 }
 
 // Locator finds a peer that has moved. A suspended rock consults it when its last known

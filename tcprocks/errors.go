@@ -27,8 +27,22 @@ var (
 	// ErrAuth: a peer failed the rock's authentication (wrong key, replayed exchange, or the
 	// Authenticator refused).
 	ErrAuth = errors.New("tcprocks: authentication failed")
+	// ErrPSKMismatch: the peer does not hold the same pre-shared key (Config.PSK), or one end
+	// has a key and the other none. Dial fails with it, and the listener logs it; no rock is
+	// made. It wraps ErrAuth.
+	ErrPSKMismatch = fmt.Errorf("%w: the peer does not hold the same pre-shared key (check Config.PSK on both ends)", ErrAuth)
+	// ErrLimit: the listener refused a new rock because one of its limits is reached
+	// (Config.MaxRocks, MaxSuspended, MaxInFlightMemory, MaxPendingHandshakes); the error
+	// names it. Try again later.
+	ErrLimit = errors.New("tcprocks: the server refused the connection: limit reached, try again later")
+	// ErrExported: the rock was handed off with Conn.Export; this Conn is no longer usable.
+	ErrExported = errors.New("tcprocks: connection exported")
+	// ErrAddressRemoved: the Suspended event's cause when the local address of the data
+	// connection disappeared from the machine (see Config.IgnoreNetworkChanges).
+	ErrAddressRemoved = errors.New("tcprocks: local address removed")
 
 	errRefused       = errors.New("tcprocks: peer refused the resumption (connection unknown there)")
+	errBusy          = errors.New("tcprocks: peer refused the resumption for now (limit reached)")
 	errHeartbeat     = errors.New("tcprocks: heartbeats missed")
 	errCtlClosed     = errors.New("tcprocks: control channel closed by the peer")
 	errRequested     = errors.New("tcprocks: suspended by the application")
@@ -79,7 +93,12 @@ func (c *Conn) opError(op string, err error) error {
 
 var errDeadline = os.ErrDeadlineExceeded
 
+// isTimeout reports whether err is a net.Error timeout. It is on the write path of every
+// Write: nil must not allocate.
 func isTimeout(err error) bool {
+	if err == nil {
+		return false
+	}
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }

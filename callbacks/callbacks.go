@@ -112,6 +112,18 @@ const (
 	Closed
 	// TimedOut: the reconnect timeout expired; a Closed event follows.
 	TimedOut
+	// PeerMoved (package udpnotify, sending side): the peer's UDP address changed and the new
+	// one passed path validation. Event.From is the old address (nil for the peer's first
+	// validated address), Event.To the new one.
+	PeerMoved
+	// LocalAddressChanged (package udpnotify): this machine's usable addresses changed (seen by
+	// netlink). Event.From is an address that disappeared (nil if none), Event.To one that
+	// appeared (nil if none), both with the session's UDP port.
+	LocalAddressChanged
+	// PathValidated (package udpnotify, receiving side): the peer proved a UDP path to this side
+	// and sends to it from now on. Event.From is the previous such address (nil the first
+	// time), Event.To the new one, as the peer sees it (a NAT's public address, say).
+	PathValidated
 )
 
 // String returns the kind's name in lower case ("suspended", ...).
@@ -127,6 +139,12 @@ func (k Kind) String() string {
 		return "closed"
 	case TimedOut:
 		return "timed out"
+	case PeerMoved:
+		return "peer moved"
+	case LocalAddressChanged:
+		return "local address changed"
+	case PathValidated:
+		return "path validated"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -151,6 +169,9 @@ type Event struct {
 	Downtime time.Duration
 	// Replayed is the number of bytes this side sent again after resuming (Resumed).
 	Replayed int64
+	// From and To are the old and new UDP addresses of a path change (PeerMoved,
+	// LocalAddressChanged, PathValidated); see each Kind for which side's they are.
+	From, To net.Addr
 }
 
 // Handler receives a rock's events. Events of one rock reach a handler one at a time and in

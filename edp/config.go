@@ -110,7 +110,7 @@ const (
 	DefaultProbeTimeoutMin      = 250 * time.Millisecond
 	DefaultProbeTimeoutMax      = 5 * time.Second
 	DefaultHandshakeTimeout     = 10 * time.Second
-	DefaultFirstByteWaitMin     = 10 * time.Millisecond
+	DefaultFirstByteWaitMin     = 100 * time.Millisecond
 	DefaultFirstByteWaitMax     = 500 * time.Millisecond
 	DefaultClassifyTimeout      = 10 * time.Second
 	DefaultMaxPending           = 1024
@@ -145,7 +145,7 @@ type Config struct {
 	// FirstByteWait (server): how long an accepted connection that has sent nothing
 	// is held before it is handed to the application as ordinary (server-speaks-first
 	// protocols wait this long for their banner). Default: the kernel's smoothed RTT
-	// of the connection (TCP_INFO), clamped to [10ms, 500ms].
+	// of the connection (TCP_INFO), clamped to [100ms, 500ms].
 	FirstByteWait time.Duration
 	// ClassifyTimeout (server): time allowed for an enhanced handshake from accept to
 	// the end of the Init hooks, and for answering a probe. Default 10s.

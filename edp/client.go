@@ -20,6 +20,10 @@ import (
 type Dialer struct {
 	NetDialer *net.Dialer // nil: a zero net.Dialer
 	Config    *Config     // nil: defaults
+	// DialConn, when set, makes every TCP connection in place of NetDialer: a caller that
+	// chooses among several addresses itself (a suspended rock racing its candidate
+	// addresses) dials them there. addr is the address given to DialContext. Default nil.
+	DialConn func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Dial connects to addr with enhancement detection; see Dialer.DialContext.
@@ -65,7 +69,7 @@ func Probe(ctx context.Context, network, addr string, cfg *Config) (Result, erro
 
 type client struct {
 	cfg           *Config
-	nd            *net.Dialer
+	dialConn      func(ctx context.Context, network, addr string) (net.Conn, error)
 	network, addr string
 	log           *slog.Logger
 }
@@ -82,11 +86,15 @@ func (d *Dialer) client(network, addr string) (*client, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	nd := d.NetDialer
-	if nd == nil {
-		nd = &net.Dialer{}
+	dial := d.DialConn
+	if dial == nil {
+		nd := d.NetDialer
+		if nd == nil {
+			nd = &net.Dialer{}
+		}
+		dial = nd.DialContext
 	}
-	return &client{cfg: cfg, nd: nd, network: network, addr: addr, log: cfg.Logger}, nil
+	return &client{cfg: cfg, dialConn: dial, network: network, addr: addr, log: cfg.Logger}, nil
 }
 
 func (c *client) dial(ctx context.Context) (*Conn, error) {
@@ -150,7 +158,7 @@ func (e *notEDPError) Unwrap() error { return e.err }
 
 // ordinary dials a fresh, untouched connection.
 func (c *client) ordinary(ctx context.Context, r Result, st *dialStats) (*Conn, error) {
-	conn, err := c.nd.DialContext(ctx, c.network, c.addr)
+	conn, err := c.dialConn(ctx, c.network, c.addr)
 	if err != nil {
 		return nil, fmt.Errorf("edp: %w", err)
 	}
@@ -178,7 +186,7 @@ func ctxErr(ctx context.Context, err error) error {
 // probe runs the client probe (paper, section 3, step 1).
 func (c *client) probe(ctx context.Context, st *dialStats) (Result, error) {
 	start := time.Now()
-	conn, err := c.nd.DialContext(ctx, c.network, c.addr)
+	conn, err := c.dialConn(ctx, c.network, c.addr)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNRESET) && ctx.Err() == nil {
 			// Accepted, then reset before connect returned: a server, not enhanced.
@@ -299,7 +307,7 @@ func (c *client) handshake(ctx context.Context, ann []byte, offered []ID, cached
 	}
 
 	start := time.Now()
-	conn, err := c.nd.DialContext(ctx, c.network, c.addr)
+	conn, err := c.dialConn(ctx, c.network, c.addr)
 	if err != nil {
 		return nil, fmt.Errorf("edp: %w", err)
 	}

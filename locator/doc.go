@@ -4,8 +4,11 @@
 // signed with TSIG (hmac-sha256): Register replaces the name's A and AAAA records and an SRV
 // record for its port, with a short TTL. A Registrar keeps a name current: it registers at
 // start, again at once whenever the local addresses change, again before the TTL runs out, and
-// removes the records when it is closed. Lookup turns a name back into candidate "host:port"
-// addresses (SRV, then A/AAAA); a Locator wraps Lookup as a callbacks.Locator for a rock.
+// removes the records when it is closed; by default it follows the host's addresses with a
+// network monitor (netlink on Linux). Lookup turns a name back into candidate "host:port"
+// addresses (SRV, then A/AAAA); a Locator wraps Lookup as a callbacks.Locator for a rock. A
+// rock end announces its name to its peer (tcprocks.Config.Name), so a Locator given only the
+// DNS server finds a peer that moved.
 //
 // The DNS records for name node1.example. and port 7000 are
 //

@@ -36,7 +36,8 @@ func Example() {
 	// Output: [[2001:db8::10]:7000 192.0.2.10:7000]
 }
 
-// A Registrar keeps a name current; a network monitor calls Changed when addresses change.
+// A Registrar keeps a name current. Without Addrs it publishes the host's addresses and
+// follows them with a network monitor; with Addrs, as here, the caller calls Changed.
 func ExampleRegistrar() {
 	key, _ := locator.GenerateKey("rockudp-key")
 	srv, err := locator.Listen("127.0.0.1:0", &locator.ServerConfig{Zone: "rock.test", Keys: []locator.Key{key}})
@@ -61,7 +62,6 @@ func ExampleRegistrar() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	// With internal/netmon: unregister := mon.RegisterChangeCallback(func(*netmon.ChangeDelta) { r.Changed() })
 	st := <-registered
 	fmt.Println(st.Addrs, st.Err)
 	if err := r.Close(); err != nil { // removes the records

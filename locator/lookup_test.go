@@ -212,6 +212,27 @@ func TestLocator(t *testing.T) {
 	if got, err := byID.Locate(ctx, callbacks.Query{}); err != nil || got != nil {
 		t.Fatalf("Locate(unknown) = %v, %v", got, err)
 	}
+	// The name the peer announced comes first, then the configured ones; a name given twice
+	// is asked once.
+	announced := NewLocator(cfg, "peer2.rock.test")
+	got, err = announced.Locate(ctx, callbacks.Query{Name: "PEER.rock.test"})
+	if err != nil || strings.Join(got, " ") != "[2001:db8::1]:7000 192.0.2.1:7000 192.0.2.2:7000" {
+		t.Fatalf("Locate(announced) = %v, %v", got, err)
+	}
+	if got, err := announced.Locate(ctx, callbacks.Query{Name: "peer2.rock.test."}); err != nil || len(got) != 2 {
+		t.Fatalf("Locate(announced = configured) = %v, %v", got, err)
+	}
+	// Without configured names, the announcement alone; a malformed one is an error.
+	learn := NewLocator(cfg)
+	if got, err := learn.Locate(ctx, callbacks.Query{Name: "peer2.rock.test"}); err != nil || strings.Join(got, " ") != "192.0.2.1:7000 192.0.2.2:7000" {
+		t.Fatalf("Locate(announced only) = %v, %v", got, err)
+	}
+	if got, err := learn.Locate(ctx, callbacks.Query{}); err != nil || got != nil {
+		t.Fatalf("Locate(nothing announced) = %v, %v", got, err)
+	}
+	if _, err := learn.Locate(ctx, callbacks.Query{Name: "bad name!"}); !errors.Is(err, ErrInvalidName) {
+		t.Fatalf("Locate(malformed announcement) = %v, want ErrInvalidName", err)
+	}
 	// All lookups failing is an error; the rock then keeps its other addresses.
 	bad := NewLocator(&Config{Server: "127.0.0.1:1", Timeout: time.Second}, "peer.rock.test")
 	if _, err := bad.Locate(ctx, callbacks.Query{}); err == nil {

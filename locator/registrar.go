@@ -3,11 +3,12 @@ package locator
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/rockudp/rockudp/internal/netmon"
 )
 
 // retryMin is the first pause after a failed registration; it doubles up to the refresh
@@ -21,8 +22,12 @@ type Registration struct {
 	// Port is the port published in the SRV record. Required.
 	Port uint16
 	// Addrs returns the local addresses to publish; it is called at start, on Changed and
-	// at each refresh. Default: the global unicast addresses of the host's interfaces
-	// (loopback and link-local excluded).
+	// at each refresh. Default: the usable global unicast addresses of the host's interfaces
+	// (up, IPv6 duplicate address detection finished; loopback and link-local excluded),
+	// followed by a network monitor (netlink on Linux, polling elsewhere) that calls Changed
+	// whenever they change, so a move is registered within milliseconds. The monitor
+	// watches the network namespace of the thread that calls NewRegistrar. With Addrs set,
+	// the caller calls Changed.
 	Addrs func() []netip.Addr
 	// Refresh is how often the records are registered again when nothing changed, so that
 	// they are back within the TTL if the server lost them. Default half of Config.TTL.
@@ -44,12 +49,14 @@ type RegistrarStatus struct {
 	Attempts, Successes int
 }
 
-// Registrar keeps a name's records current: it registers at start, again at once on
-// Changed (wire it to a network monitor's change callback), again every Refresh, retries
-// failures with backoff, and removes the records on Close.
+// Registrar keeps a name's records current: it registers at start, again at once when the
+// host's addresses change (or on Changed), again every Refresh, retries failures with
+// backoff, and removes the records on Close. While there is no usable address it leaves the
+// records as they are.
 type Registrar struct {
 	cfg    Config
 	reg    Registration
+	mon    *netmon.Monitor // follows the host's addresses; nil with Registration.Addrs
 	ctx    context.Context
 	cancel context.CancelFunc
 	kick   chan struct{}
@@ -75,13 +82,27 @@ func NewRegistrar(cfg *Config, reg Registration) (*Registrar, error) {
 		return nil, fmt.Errorf("locator: registrar for %s: port 0", name)
 	}
 	reg.Name = name
-	if reg.Addrs == nil {
-		reg.Addrs = localAddrs
-	}
 	if reg.Refresh <= 0 {
 		reg.Refresh = c.TTL / 2
 	}
 	r := &Registrar{cfg: c, reg: reg, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	if reg.Addrs == nil {
+		mon, err := netmon.New(&netmon.Config{Logger: c.Logger})
+		if err == nil {
+			err = mon.Start()
+		}
+		if err != nil {
+			if mon != nil {
+				mon.Close()
+			}
+			return nil, fmt.Errorf("locator: registrar for %s: cannot follow the host's addresses (give Registration.Addrs instead): %w", name, err)
+		}
+		r.mon = mon
+		r.reg.Addrs = r.monitoredAddrs
+		// Every change, not only added or removed addresses: the loop compares the
+		// addresses and registers only when they differ from the last ones.
+		mon.RegisterChangeCallback(func(*netmon.ChangeDelta) { r.Changed() })
+	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	go r.loop()
 	return r, nil
@@ -109,6 +130,9 @@ func (r *Registrar) Status() RegistrarStatus {
 // returning the error of that removal. Close is idempotent.
 func (r *Registrar) Close() error {
 	r.once.Do(func() {
+		if r.mon != nil {
+			r.mon.Close() // waits for a running callback, which never blocks
+		}
 		r.cancel()
 		<-r.done
 		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout)
@@ -137,6 +161,15 @@ func (r *Registrar) loop() {
 		addrs := r.addrs()
 		if !forced && ok && slices.Equal(addrs, last) {
 			continue // a change that does not concern the published addresses
+		}
+		if len(addrs) == 0 && ok {
+			// No usable address for now (an interface going down, or an address change,
+			// which removes the old address before it adds the new one): keep the
+			// published records rather than remove the name.
+			if forced {
+				timer.Reset(r.reg.Refresh)
+			}
+			continue
 		}
 		err := r.registerOnce(addrs)
 		if r.ctx.Err() != nil {
@@ -193,18 +226,10 @@ func (r *Registrar) addrs() []netip.Addr {
 	return slices.Compact(out)
 }
 
-// localAddrs returns the global unicast addresses of the host's interfaces.
-func localAddrs() []netip.Addr {
-	ifas, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil
-	}
+// monitoredAddrs returns the usable global unicast addresses the monitor last saw.
+func (r *Registrar) monitoredAddrs() []netip.Addr {
 	var out []netip.Addr
-	for _, ifa := range ifas {
-		p, err := netip.ParsePrefix(ifa.String())
-		if err != nil {
-			continue
-		}
+	for _, p := range r.mon.Addrs() {
 		if a := p.Addr(); a.IsGlobalUnicast() {
 			out = append(out, a)
 		}

@@ -16,9 +16,14 @@ import (
 
 // Defaults of Config fields.
 const (
-	DefaultResumeTimeout = 10 * time.Second
-	DefaultMaxRocks      = 65536
-	DefaultProbeCacheTTL = 10 * time.Minute
+	DefaultResumeTimeout        = 10 * time.Second
+	DefaultMaxRocks             = 65536
+	DefaultProbeCacheTTL        = 10 * time.Minute
+	DefaultMaxSuspended         = 4096
+	DefaultMaxInFlightMemory    = 1 << 30
+	DefaultMaxPendingHandshakes = 256
+	DefaultHandshakeTimeout     = 10 * time.Second
+	DefaultMaxResumeRate        = 10
 )
 
 // Config configures rocks on both sides. A nil or zero Config works; every field states its
@@ -40,11 +45,21 @@ type Config struct {
 	// Conn.SetAlternates.
 	Alternates []string
 	// RequireEnhanced (dialing side) makes Dial fail with ErrNotEnhanced against a server that
-	// does not speak rocks/1, instead of returning a plain-TCP Conn. Default false.
+	// does not speak rocks/1, instead of returning a plain-TCP Conn. On a listener it closes
+	// ordinary TCP clients instead of returning them from Accept (a listener with a PSK
+	// always does). Default false.
 	RequireEnhanced bool
 	// PSK is an optional pre-shared key mixed into the key schedule: both ends must have the
-	// same one, which stops a man in the middle at initialisation. Default none.
+	// same one, which stops a man in the middle at initialisation. Both ends confirm it at
+	// initialisation: a peer with another key, or without one when this side has one (and
+	// the reverse), fails init with ErrPSKMismatch on both ends and never gets a rock. A
+	// listener with a PSK also refuses ordinary TCP clients (see RequireEnhanced). Default
+	// none.
 	PSK []byte
+	// Name is this end's locator name (a DNS name, at most MaxNameLen bytes, see
+	// locator), announced to the peer at initialisation: the peer's Conn.PeerName, and the
+	// callbacks.Query.Name its Locator is asked about. Default "" (none).
+	Name string
 
 	// InFlightLimit is the most bytes that can be in flight between the two applications, which
 	// is also the in-flight buffer's size. Default 0: this side's kernel send-buffer maximum +
@@ -54,9 +69,43 @@ type Config struct {
 	// ResumeTimeout bounds one reconnection attempt (connect, EDP handshake, authentication).
 	// Default 10 s.
 	ResumeTimeout time.Duration
-	// MaxRocks (listener) bounds the rocks one listener keeps at once; beyond it new clients
-	// get plain TCP. Default 65536.
+	// MaxRocks (listener) bounds the rocks one listener keeps at once; beyond it new rocks
+	// are refused (Dial fails with ErrLimit). Default 65536.
 	MaxRocks int
+
+	// Limits against abuse (listener). Reaching one refuses new work — Dial fails with an
+	// error matching ErrLimit that names the limit, or a resume attempt is refused and
+	// retried later — and never disturbs established rocks.
+
+	// MaxSuspended is the most suspended rocks a listener keeps (each waits for its client,
+	// holding its unacknowledged bytes, up to the reconnect timeout); at the limit new rocks
+	// are refused until one resumes or closes. Default 4096.
+	MaxSuspended int
+	// MaxInFlightMemory is the most bytes the in-flight buffers of a listener's rocks may
+	// hold together before new rocks are refused. Rocks already established keep writing
+	// within their own in-flight limits, so the total can exceed it by what they hold.
+	// Default 1 GiB.
+	MaxInFlightMemory int64
+	// MaxPendingHandshakes is the most handshakes a listener finishes at once: connections
+	// past the EDP negotiation whose client has not yet proven itself (PSK confirmation,
+	// resume proof, Authenticator); beyond it new INIT and RESUME requests are refused as
+	// busy. (The EDP negotiation itself is bounded by EDP.MaxPending and
+	// EDP.ClassifyTimeout.) Default 256.
+	MaxPendingHandshakes int
+	// HandshakeTimeout (listener) bounds a pending handshake: the wait for the client's
+	// proof (CONFIRM or PROOF), and then the Authenticator. Default 10 s.
+	HandshakeTimeout time.Duration
+	// MaxResumeRate (listener) is the most resume attempts per second for one connection
+	// ID (burst: as many); beyond it attempts are refused as busy, and the client retries
+	// with its backoff. Default 10.
+	MaxResumeRate int
+	// IgnoreNetworkChanges turns off the reaction to local network changes. By default rocks
+	// follow the machine's interfaces with one netlink monitor per process (package
+	// internal/netmon), started with the first rock and stopped when the last has finished:
+	// a rock whose data connection's local address disappears suspends at once (cause
+	// ErrAddressRemoved), and when an address, a link or a default route appears every
+	// suspended dialing rock retries at once with its backoff reset. Default false.
+	IgnoreNetworkChanges bool
 
 	// EDP is the base enhancement-detection configuration (timeouts, Logger, Announcement on a
 	// listener); its Enhancements, Cache and (dialing side) Announcement are set by tcprocks.
@@ -73,6 +122,10 @@ type Config struct {
 	// ControlConn (listener) is the UDP socket for the control server; nil = a new one on the
 	// TCP listener's IP address and port number.
 	ControlConn net.PacketConn
+	// ControlFallbackAfter (dialing side) is how long a control channel's QUIC handshake may
+	// take before the rock opens its control channel over a second TCP connection instead
+	// (for networks that drop UDP). Every reconnection tries QUIC first again. Default 1 s.
+	ControlFallbackAfter time.Duration
 	// Logger receives debug and warning messages; nil = silent.
 	Logger *slog.Logger
 }
@@ -89,6 +142,24 @@ func (cfg *Config) withDefaults() *Config {
 	}
 	if c.MaxRocks <= 0 {
 		c.MaxRocks = DefaultMaxRocks
+	}
+	if c.ControlFallbackAfter <= 0 {
+		c.ControlFallbackAfter = DefaultControlFallbackAfter
+	}
+	if c.MaxSuspended <= 0 {
+		c.MaxSuspended = DefaultMaxSuspended
+	}
+	if c.MaxInFlightMemory <= 0 {
+		c.MaxInFlightMemory = DefaultMaxInFlightMemory
+	}
+	if c.MaxPendingHandshakes <= 0 {
+		c.MaxPendingHandshakes = DefaultMaxPendingHandshakes
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.MaxResumeRate <= 0 {
+		c.MaxResumeRate = DefaultMaxResumeRate
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -120,6 +120,16 @@ type Conn struct {
 	policy      callbacks.Policy
 	alternates  []string
 	subs        []*subscriber
+
+	peerName     string             // the peer's locator name, from init
+	established  time.Time          // when the rock was initialised
+	suspensions  int                // how many times the rock suspended
+	lastDowntime time.Duration      // length of the last suspension that ended
+	bufHeld      int                // buf.Len() as last counted into lst.inflight
+	dialCancel   context.CancelFunc // client: aborts the connect of a resume attempt
+	dialStart    time.Time          // when that connect began
+	resetBackoff bool               // client: a network change asks for an immediate retry
+	netUnwatch   func()             // stops the network-change notifications
 }
 
 var _ net.Conn = (*Conn)(nil)
@@ -131,33 +141,60 @@ type rockParams struct {
 	keys        keys
 	local, peer limits
 	conn        net.Conn
+	peerName    string
 }
 
 func newConn(cfg *Config, p rockParams) *Conn {
 	c := &Conn{
-		cfg:      cfg,
-		role:     p.role,
-		id:       p.id,
-		keys:     p.keys,
-		limit:    cfg.inFlightLimit(p.local, p.peer),
-		inLim:    uint64(p.peer.Send) + uint64(p.local.Recv) + limitSlack,
-		flushSem: newSem(),
-		writeSem: newSem(),
-		closedCh: make(chan struct{}),
-		changed:  make(chan struct{}),
-		done:     make(chan struct{}),
-		kick:     make(chan struct{}, 1),
-		policy:   cfg.Policy,
+		cfg:         cfg,
+		role:        p.role,
+		id:          p.id,
+		keys:        p.keys,
+		limit:       cfg.inFlightLimit(p.local, p.peer),
+		inLim:       uint64(p.peer.Send) + uint64(p.local.Recv) + limitSlack,
+		flushSem:    newSem(),
+		writeSem:    newSem(),
+		closedCh:    make(chan struct{}),
+		changed:     make(chan struct{}),
+		done:        make(chan struct{}),
+		kick:        make(chan struct{}, 1),
+		policy:      cfg.Policy,
+		peerName:    p.peerName,
+		established: time.Now(),
 	}
 	c.alternates = append(c.alternates, cfg.Alternates...)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	if cfg.Handler != nil {
 		c.subs = append(c.subs, &subscriber{h: cfg.Handler})
 	}
-	c.mu.Lock()
-	c.install(p.conn)
-	c.mu.Unlock()
+	if p.conn != nil {
+		c.mu.Lock()
+		c.install(p.conn)
+		c.mu.Unlock()
+	}
 	return c
+}
+
+// setState changes the rock's state and the listener's count of suspended rocks. Under mu.
+func (c *Conn) setState(s State) {
+	if c.lst != nil && c.state != s {
+		if c.state == Suspended {
+			c.lst.suspended.Add(-1)
+		}
+		if s == Suspended {
+			c.lst.suspended.Add(1)
+		}
+	}
+	c.state = s
+}
+
+// account counts changes of the in-flight buffer into the listener's total. Under mu.
+func (c *Conn) account() {
+	n := c.buf.Len()
+	if c.lst != nil && n != c.bufHeld {
+		c.lst.inflight.Add(int64(n - c.bufHeld))
+	}
+	c.bufHeld = n
 }
 
 // unlock releases mu and then runs the actions queued in c.after.
@@ -224,7 +261,7 @@ func rawConn(conn net.Conn) net.Conn {
 func (c *Conn) install(conn net.Conn) {
 	c.conn, c.wconn = conn, rawConn(conn)
 	c.gen++
-	c.state = Connected
+	c.setState(Connected)
 	c.laddr, c.raddr = conn.LocalAddr(), conn.RemoteAddr()
 	c.addrs.Store(&[2]net.Addr{c.laddr, c.raddr})
 	_ = conn.SetReadDeadline(c.rdl)
@@ -273,19 +310,35 @@ func (c *Conn) suspend(cause error) {
 	if c.state != Connected || c.finished {
 		return
 	}
-	if c.closedBothWays() || (c.peerFinAcked && peerLeft(cause)) {
-		// The peer has closed its rock and will read nothing more, and we have closed ours
-		// (need nothing more from it) or have acknowledged its close and it has ended its
-		// connection: it has finished.
+	if c.peerFinAcked && (c.closedBothWays() || peerLeft(cause)) {
+		// The peer has closed its rock and will read nothing more, we have acknowledged that,
+		// and we have closed ours (need nothing more from it) or it has ended its connection:
+		// it has finished. (Without our acknowledgement the peer may still be waiting to
+		// deliver: it resumes, and the exchange tells it; see armTimeout.)
 		c.peerGone = true
 		c.finish(nil)
 		return
 	}
+	c.detach()
+	c.cfg.Logger.Debug("tcprocks: suspended", "id", fmt.Sprintf("%x", c.id), "cause", cause)
+	c.emit(callbacks.Event{Kind: callbacks.Suspended, Cause: cause})
+	c.armTimeout()
+	if c.role == callbacks.Client && !c.reconnectOn {
+		c.reconnectOn = true
+		c.wg.Go(c.reconnectLoop)
+	}
+	c.broadcast()
+}
+
+// detach drops the data connection and the control channel (closed once mu is released) and
+// enters the Suspended state, with no event and no reconnection. Under mu.
+func (c *Conn) detach() {
 	old, ch := c.conn, c.ch
 	c.conn, c.wconn, c.ch = nil, nil, nil
 	c.gen++
-	c.state = Suspended
+	c.setState(Suspended)
 	c.suspendedAt = time.Now()
+	c.suspensions++
 	if c.chCancel != nil {
 		c.chCancel()
 		c.chCancel = nil
@@ -298,14 +351,6 @@ func (c *Conn) suspend(cause error) {
 			ch.Close()
 		}
 	})
-	c.cfg.Logger.Debug("tcprocks: suspended", "id", fmt.Sprintf("%x", c.id), "cause", cause)
-	c.emit(callbacks.Event{Kind: callbacks.Suspended, Cause: cause})
-	c.armTimeout()
-	if c.role == callbacks.Client && !c.reconnectOn {
-		c.reconnectOn = true
-		c.wg.Go(c.reconnectLoop)
-	}
-	c.broadcast()
 }
 
 // armTimeout (re)starts the reconnect timeout of a suspended rock. Under mu.
@@ -354,7 +399,7 @@ func (c *Conn) finish(err error) {
 		return
 	}
 	c.finished, c.finErr = true, err
-	c.state = Closed
+	c.setState(Closed)
 	old, ch := c.conn, c.ch
 	c.conn, c.wconn, c.ch = nil, nil, nil
 	c.gen++
@@ -367,6 +412,8 @@ func (c *Conn) finish(err error) {
 		c.chCancel = nil
 	}
 	c.cancel()
+	unwatch := c.netUnwatch
+	c.netUnwatch = nil
 	c.emit(callbacks.Event{Kind: callbacks.Closed, Cause: err})
 	close(c.done)
 	c.broadcast()
@@ -380,12 +427,16 @@ func (c *Conn) finish(err error) {
 		if c.lst != nil {
 			c.lst.remove(c)
 		}
+		if unwatch != nil {
+			unwatch()
+		}
 	})
 	// Free the in-flight buffer once no flush can be reading it.
 	c.wg.Go(func() {
 		c.flushSem.lock()
 		c.mu.Lock()
 		c.buf.Reset()
+		c.account()
 		c.mu.Unlock()
 		c.flushSem.unlock()
 	})
@@ -588,6 +639,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 			k := min(uint64(len(b)), c.capacity()-(c.sent-c.buf.Start()))
 			committed := c.sent
 			c.buf.Append(b[:k])
+			c.account()
 			c.sent += k
 			c.unlock()
 			_, err := c.flush(true)
@@ -601,6 +653,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 				}
 				if keep < c.sent {
 					c.buf.Truncate(keep)
+					c.account()
 					c.sent = keep
 				}
 				c.unlock()
@@ -738,6 +791,7 @@ func (c *Conn) ack(n uint64) {
 	}
 	c.acked = n
 	c.buf.Release(n)
+	c.account()
 	c.checkDone()
 	c.broadcast()
 }

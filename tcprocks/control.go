@@ -7,11 +7,15 @@ import (
 	"time"
 
 	"github.com/rockudp/rockudp/callbacks"
+	"github.com/rockudp/rockudp/edp"
 	"github.com/rockudp/rockudp/internal/control"
 )
 
-// controlChannel is what a rock needs from its control channel. *control.Channel (QUIC) is the
-// only implementation today; a TCP fallback for networks that block UDP can implement it too.
+// DefaultControlFallbackAfter is the default of Config.ControlFallbackAfter.
+const DefaultControlFallbackAfter = time.Second
+
+// controlChannel is what a rock needs from its control channel: *control.Channel, over QUIC
+// or over its TCP fallback for networks that block UDP.
 type controlChannel interface {
 	Start(h control.Heartbeat)
 	SetPolicy(interval time.Duration, misses int)
@@ -44,12 +48,11 @@ func (c *Conn) attachChannel(ch controlChannel) {
 	ch.Start(control.Heartbeat{
 		Interval: p.HeartbeatInterval,
 		Misses:   p.MissedHeartbeats,
+		// The data connection is checked by watchData at every interval; this is called at
+		// every heartbeat of every rock, so it only reads the count.
 		Consumed: func() uint64 {
 			c.mu.Lock()
 			defer c.unlock()
-			if c.ch == ch {
-				c.checkData()
-			}
 			return c.received
 		},
 		OnHeartbeat: func(n uint64) {
@@ -126,7 +129,9 @@ func (c *Conn) peerClosed(f finState, at uint64) {
 }
 
 // dialControl (dialing side) establishes the control channel in the background, retrying with
-// backoff, until it is up or the rock suspends or finishes. Under mu.
+// backoff, until it is up or the rock suspends or finishes. Each attempt tries QUIC first for
+// at most Config.ControlFallbackAfter, then falls back to TCP (for networks that drop UDP);
+// every new attempt, and so every reconnection, tries QUIC again first. Under mu.
 func (c *Conn) dialControl() {
 	if c.role != callbacks.Client || c.finished || c.state != Connected {
 		return
@@ -136,12 +141,10 @@ func (c *Conn) dialControl() {
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
 	c.chCancel = cancel
-	tcp, _ := c.raddr.(*net.TCPAddr)
-	if tcp == nil {
+	raddr := c.raddr
+	if _, ok := raddr.(*net.TCPAddr); !ok {
 		return
 	}
-	raddr := &net.UDPAddr{IP: tcp.IP, Port: tcp.Port, Zone: tcp.Zone}
-	key := c.keys.control
 	c.wg.Go(func() {
 		client, err := c.cfg.controlClient()
 		if err != nil {
@@ -150,9 +153,7 @@ func (c *Conn) dialControl() {
 		}
 		backoff := 100 * time.Millisecond
 		for {
-			dctx, dcancel := context.WithTimeout(ctx, c.cfg.ResumeTimeout)
-			ch, err := client.Dial(dctx, raddr, control.ID(c.id), key)
-			dcancel()
+			ch, err := c.dialControlOnce(ctx, client, raddr)
 			if err == nil {
 				if ctx.Err() != nil {
 					ch.Close()
@@ -172,4 +173,40 @@ func (c *Conn) dialControl() {
 			backoff = min(2*backoff, 30*time.Second)
 		}
 	})
+}
+
+// dialControlOnce makes one attempt at a control channel to the listener at raddr: QUIC on
+// its UDP twin, and if that handshake does not complete in time (UDP blocked), rockctl/1 over
+// a second TCP connection. A refusal over QUIC is final for this attempt.
+func (c *Conn) dialControlOnce(ctx context.Context, client *control.Client, raddr net.Addr) (*control.Channel, error) {
+	tcp := raddr.(*net.TCPAddr)
+	udp := &net.UDPAddr{IP: tcp.IP, Port: tcp.Port, Zone: tcp.Zone}
+	qctx, qcancel := context.WithTimeout(ctx, min(c.cfg.ControlFallbackAfter, c.cfg.ResumeTimeout))
+	ch, err := client.Dial(qctx, udp, control.ID(c.id), c.keys.control)
+	qcancel()
+	if err == nil || ctx.Err() != nil || errors.Is(err, control.ErrRefused) || errors.Is(err, control.ErrBadProof) {
+		return ch, err
+	}
+	c.cfg.Logger.Debug("tcprocks: control channel over QUIC failed, trying TCP", "addr", udp, "err", err)
+	ecfg := c.cfg.edpConfig(edp.Enhancement{})
+	ecfg.Enhancements = nil
+	ecfg.Announcement = c.ann
+	tctx, tcancel := context.WithTimeout(ctx, c.cfg.ResumeTimeout)
+	defer tcancel()
+	return client.DialTCP(tctx, &edp.Dialer{NetDialer: c.cfg.NetDialer, Config: ecfg}, c.netw, tcp.String(), control.ID(c.id), c.keys.control)
+}
+
+// ControlNetwork returns the transport of the rock's control channel: "udp" (QUIC), "tcp"
+// (the fallback for networks that drop UDP), or "" while the rock has none (suspended,
+// being set up, or a plain TCP connection).
+func (c *Conn) ControlNetwork() string {
+	if c.plain != nil {
+		return ""
+	}
+	c.mu.Lock()
+	defer c.unlock()
+	if ch, ok := c.ch.(*control.Channel); ok {
+		return ch.Network()
+	}
+	return ""
 }

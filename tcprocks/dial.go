@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/rockudp/rockudp/callbacks"
@@ -41,13 +42,18 @@ func Dial(ctx context.Context, network, addr string, cfg *Config) (*Conn, error)
 		return nil, fmt.Errorf("tcprocks: dial %s: unsupported network %q", addr, network)
 	}
 	c := cfg.withDefaults()
+	if err := checkName(c.Name); err != nil {
+		return nil, fmt.Errorf("tcprocks: dial %s: Config.Name: %w", addr, err)
+	}
 	priv, err := ecdh.X25519().GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("tcprocks: dial %s: %w", addr, err)
 	}
-	var m initMsg
+	m := initMsg{Limits: localLimits(), Name: c.Name}
 	copy(m.Public[:], priv.PublicKey().Bytes())
-	m.Limits = localLimits()
+	if len(c.PSK) > 0 {
+		m.Flags |= flagPSK
+	}
 	hello := appendInit(nil, m)
 	ecfg := c.edpConfig(edp.Enhancement{
 		Name:    enhancementName,
@@ -70,35 +76,77 @@ func Dial(ctx context.Context, network, addr string, cfg *Config) (*Conn, error)
 		}
 		return &Conn{plain: ec, cfg: c}, nil
 	}
+	if reason, _, err := parseRefuse(a.Peer); err == nil {
+		ec.Close()
+		return nil, fmt.Errorf("%w (%s: %s)", ErrLimit, addr, refuseText(reason))
+	}
 	ok, _, err := parseInitOK(a.Peer)
 	if err != nil {
 		ec.Close()
 		return nil, fmt.Errorf("tcprocks: dial %s: %w", addr, err)
 	}
 	k, err := deriveKeys(priv, ok.Public[:], m.Public[:], ok.Public[:], ok.ID, c.PSK)
+	if err == nil {
+		err = confirmInit(ctx, ec, c, k, m, ok)
+	}
 	if err != nil {
 		ec.Close()
-		return nil, err
+		return nil, fmt.Errorf("tcprocks: dial %s: %w", addr, err)
 	}
 	if c.Authenticator != nil {
 		info := callbacks.AuthInfo{Role: callbacks.Client, ID: ok.ID, Binding: binding(k.resume, ok.ID, m.Public[:], ok.Public[:])}
-		if err := authenticate(ctx, c, ec, info); err != nil {
+		if err := authenticate(ctx, c, c.ResumeTimeout, ec, info); err != nil {
 			ec.Close()
 			return nil, err
 		}
 	}
-	rc := newConn(c, rockParams{role: callbacks.Client, id: ok.ID, keys: k, local: m.Limits, peer: ok.Limits, conn: ec})
+	rc := newConn(c, rockParams{role: callbacks.Client, id: ok.ID, keys: k, local: m.Limits, peer: ok.Limits, conn: ec, peerName: ok.Name})
 	rc.dialed, rc.netw, rc.ann = addr, network, res.Announcement
-	rc.wg.Go(rc.watchData)
-	rc.mu.Lock()
-	rc.dialControl()
-	rc.unlock()
+	rc.start()
 	return rc, nil
 }
 
-// authenticate runs the application's Authenticator on conn within the resume timeout.
-func authenticate(ctx context.Context, cfg *Config, conn net.Conn, info callbacks.AuthInfo) error {
-	ctx, cancel := context.WithTimeout(ctx, cfg.ResumeTimeout)
+// confirmInit (client) checks the server's key confirmation and the pre-shared keys of both
+// ends, and sends CONFIRM when both have one (before it checks, so that a server with another
+// key sees the mismatch too).
+func confirmInit(ctx context.Context, conn net.Conn, cfg *Config, k keys, m initMsg, ok initOKMsg) error {
+	mine, theirs := len(cfg.PSK) > 0, ok.Flags&flagPSK != 0
+	switch {
+	case mine && !theirs:
+		return fmt.Errorf("%w: this end has one, the server has none", ErrPSKMismatch)
+	case !mine && theirs:
+		return fmt.Errorf("%w: the server requires one, this end has none", ErrPSKMismatch)
+	case mine:
+		if d, ok := ctx.Deadline(); ok {
+			_ = conn.SetWriteDeadline(d)
+			defer conn.SetWriteDeadline(time.Time{})
+		}
+		if _, err := conn.Write(appendConfirm(nil, clientConfirm(k.resume, ok.ID, m.Public[:], ok.Public[:]))); err != nil {
+			return err
+		}
+	}
+	want := serverConfirm(k.resume, ok.ID, m.Public[:], ok.Public[:])
+	if !hmac.Equal(want[:], ok.Confirm[:]) {
+		if mine {
+			return fmt.Errorf("%w: the server's key confirmation is wrong", ErrPSKMismatch)
+		}
+		return fmt.Errorf("%w: the server's key confirmation is wrong", ErrAuth)
+	}
+	return nil
+}
+
+// start starts the goroutines of a new connected rock. Nothing else may use it yet.
+func (c *Conn) start() {
+	c.wg.Go(c.watchData)
+	c.watchNetwork()
+	c.mu.Lock()
+	c.dialControl()
+	c.unlock()
+}
+
+// authenticate runs the application's Authenticator on conn within timeout.
+func authenticate(ctx context.Context, cfg *Config, timeout time.Duration, conn net.Conn, info callbacks.AuthInfo) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if d, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(d)
@@ -115,6 +163,9 @@ func authenticate(ctx context.Context, cfg *Config, conn net.Conn, info callback
 func (c *Conn) reconnectLoop() {
 	attempt := 0
 	var refusedSince time.Time
+	// refused: each target's last answer (a network failure is no answer): true = "not
+	// here", false = it has the rock or is another server.
+	refused := make(map[string]bool)
 	for round := 0; ; round++ {
 		c.mu.Lock()
 		if c.state != Suspended || c.finished {
@@ -122,36 +173,47 @@ func (c *Conn) reconnectLoop() {
 			c.unlock()
 			return
 		}
+		if c.resetBackoff {
+			c.resetBackoff = false
+			round = 0
+		}
 		targets := c.targets()
 		since, p := c.suspendedAt, c.policy
 		c.unlock()
 		if loc := c.cfg.Locator; loc != nil {
 			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.ResumeTimeout)
-			found, err := loc.Locate(ctx, callbacks.Query{ID: c.id, Dialed: c.dialed, Last: targets[0]})
+			found, err := loc.Locate(ctx, callbacks.Query{ID: c.id, Dialed: c.dialed, Last: targets[0], Name: c.peerName})
 			cancel()
 			if err != nil {
 				c.cfg.Logger.Debug("tcprocks: locator", "err", err)
 			}
 			targets = appendNew(targets, found...)
 		}
-		allRefused := true
-		for _, t := range targets {
-			attempt++
+		// Race the targets (raceConnect); a target whose connect failed had no answer this
+		// round, and the one that connected gave its answer: try the others again.
+		for pending := slices.Clone(targets); len(pending) > 0; {
 			c.mu.Lock()
 			if c.state != Suspended || c.finished {
 				c.reconnectOn = false
 				c.unlock()
 				return
 			}
-			c.emit(callbacks.Event{Kind: callbacks.Reconnecting, Attempt: attempt, Target: t})
 			c.unlock()
-			err := c.tryResume(t)
+			t, failed, err := c.tryResume(pending, &attempt)
 			if err == nil {
-				continue // the loop's next check sees the new state
+				break // the loop's next check sees the new state
+			}
+			pending = slices.DeleteFunc(pending, func(x string) bool { return x == t || slices.Contains(failed, x) })
+			if t == "" {
+				// No target connected.
+				c.cfg.Logger.Debug("tcprocks: resume attempt", "targets", targets, "err", err)
+				break
 			}
 			c.cfg.Logger.Debug("tcprocks: resume attempt", "target", t, "err", err)
-			if !errors.Is(err, errRefused) {
-				allRefused = false
+			if !errors.Is(err, errNoAnswer) {
+				refused[t] = errors.Is(err, errRefused)
+			}
+			if !refused[t] {
 				continue
 			}
 			c.mu.Lock()
@@ -162,6 +224,8 @@ func (c *Conn) reconnectLoop() {
 			}
 			c.unlock()
 		}
+		// Every target's latest real answer (a failed connect is none) was "not here".
+		allRefused := !slices.ContainsFunc(targets, func(t string) bool { return !refused[t] })
 		if allRefused {
 			if refusedSince.IsZero() {
 				refusedSince = time.Now()
@@ -218,8 +282,78 @@ outer:
 	return list
 }
 
-// tryResume makes one reconnection attempt to target.
-func (c *Conn) tryResume(target string) error {
+// raceStagger is how long a resume attempt waits for a target's connect before it starts
+// connecting to the next one as well (Happy Eyeballs, RFC 8305, uses the same 250 ms): a
+// dead last-known address — the peer moved — costs a quarter of a second, not a connect
+// timeout.
+const raceStagger = 250 * time.Millisecond
+
+// raceConnect connects to the first of targets that accepts: it starts with targets[0] and
+// starts the next one every raceStagger while none has connected, or at once when one fails.
+// It returns the connection and its target, closing the losers, or, when none connected,
+// the targets whose connect failed and their errors. started is called (on this goroutine)
+// as each connect begins.
+func (c *Conn) raceConnect(ctx context.Context, network string, targets []string, started func(string)) (conn net.Conn, won string, failed []string, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	nd := c.cfg.NetDialer
+	if nd == nil {
+		nd = &net.Dialer{}
+	}
+	type result struct {
+		conn   net.Conn
+		target string
+		err    error
+	}
+	results := make(chan result, len(targets)) // buffered: no connect goroutine ever blocks
+	next, running := 0, 0
+	start := func() {
+		t := targets[next]
+		next++
+		running++
+		started(t)
+		go func() {
+			conn, err := nd.DialContext(ctx, network, t)
+			results <- result{conn, t, err}
+		}()
+	}
+	start()
+	timer := time.NewTimer(raceStagger)
+	defer timer.Stop()
+	var errs []error
+	for running > 0 {
+		select {
+		case r := <-results:
+			running--
+			if r.err == nil {
+				cancel()
+				for range running { // the losers return at once: their context is cancelled
+					if l := <-results; l.conn != nil {
+						l.conn.Close()
+					}
+				}
+				return r.conn, r.target, failed, nil
+			}
+			failed = append(failed, r.target)
+			errs = append(errs, fmt.Errorf("%s: %w", r.target, r.err))
+			if next < len(targets) {
+				start()
+				timer.Reset(raceStagger)
+			}
+		case <-timer.C:
+			if next < len(targets) {
+				start()
+				timer.Reset(raceStagger)
+			}
+		}
+	}
+	return nil, "", failed, errors.Join(errs...)
+}
+
+// tryResume makes one reconnection attempt: it races the connects to targets (raceConnect)
+// and resumes over the first connection made. won is the target that connected ("" if
+// none did), failed the targets whose connect failed; *attempt counts the connects begun.
+func (c *Conn) tryResume(targets []string, attempt *int) (won string, failed []string, err error) {
 	c.resumeMu.Lock()
 	defer c.resumeMu.Unlock()
 	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.ResumeTimeout)
@@ -233,7 +367,7 @@ func (c *Conn) tryResume(target string) error {
 	}
 	if c.state != Suspended || c.finished {
 		c.unlock()
-		return nil
+		return "", nil, nil
 	}
 	req := resumeMsg{ID: c.id, Received: c.received, Fin: c.localFin, FinAt: c.finAt, AckFin: c.canAckPeerFin()}
 	c.unlock()
@@ -248,13 +382,33 @@ func (c *Conn) tryResume(target string) error {
 		},
 	})
 	ecfg.Announcement = c.ann
-	ec, err := (&edp.Dialer{NetDialer: c.cfg.NetDialer, Config: ecfg}).DialContext(ctx, c.netw, target)
+	// A network change may abort the dial, connect and EDP handshake, once it has been under
+	// way for staleDial (retryNow); the proof exchange after it is never aborted.
+	dctx, dcancel := context.WithCancel(ctx)
+	c.mu.Lock()
+	c.dialCancel, c.dialStart = dcancel, time.Now()
+	c.mu.Unlock()
+	dial := func(ctx context.Context, network, _ string) (net.Conn, error) {
+		conn, t, f, err := c.raceConnect(ctx, network, targets, func(t string) {
+			*attempt++
+			c.mu.Lock()
+			c.emit(callbacks.Event{Kind: callbacks.Reconnecting, Attempt: *attempt, Target: t})
+			c.unlock()
+		})
+		won, failed = t, append(failed, f...)
+		return conn, err
+	}
+	ec, err := (&edp.Dialer{DialConn: dial, Config: ecfg}).DialContext(dctx, c.netw, targets[0])
+	c.mu.Lock()
+	c.dialCancel = nil
+	c.mu.Unlock()
+	dcancel()
 	if errors.Is(err, edp.ErrStaleAnnouncement) {
 		// Another listener (a restarted process) took the address: "not here".
-		return fmt.Errorf("%w: %w", errRefused, err)
+		return won, failed, fmt.Errorf("%w: %w", errRefused, err)
 	}
 	if err != nil {
-		return err
+		return won, failed, fmt.Errorf("%w: %w", errNoAnswer, err)
 	}
 	ok := false
 	defer func() {
@@ -265,44 +419,47 @@ func (c *Conn) tryResume(target string) error {
 	a := findRocks(ec.Result().Agreed)
 	if a == nil {
 		// Whoever listens there now does not speak rocks: "not here".
-		return fmt.Errorf("%w: %s is not a rocks server", errRefused, target)
+		return won, failed, fmt.Errorf("%w: %s is not a rocks server", errRefused, won)
 	}
 	if reason, _, err := parseRefuse(a.Peer); err == nil {
-		return fmt.Errorf("%w (reason %d)", errRefused, reason)
+		if reason == refuseUnknown {
+			return won, failed, errRefused
+		}
+		return won, failed, fmt.Errorf("%w (%s)", errBusy, refuseText(reason))
 	}
 	ch, _, err := parseChallenge(a.Peer)
 	if err != nil {
-		return err
+		return won, failed, err
 	}
 	want := serverProof(c.keys.resume, c.id, req.Nonce, ch.Nonce)
 	if !hmac.Equal(want[:], ch.Proof[:]) {
-		return fmt.Errorf("%w: server proof", ErrAuth)
+		return won, failed, fmt.Errorf("%w: server proof", ErrAuth)
 	}
 	if d, ok := ctx.Deadline(); ok {
 		_ = ec.SetDeadline(d)
 	}
 	proof := clientProof(c.keys.resume, c.id, req.Nonce, ch.Nonce)
 	if _, err := ec.Write(appendProof(nil, proof)); err != nil {
-		return err
+		return won, failed, err
 	}
 	if c.cfg.Authenticator != nil {
 		info := callbacks.AuthInfo{Role: callbacks.Client, Resume: true, ID: c.id, Binding: binding(c.keys.resume, c.id, req.Nonce[:], ch.Nonce[:])}
-		if err := authenticate(ctx, c.cfg, ec, info); err != nil {
-			return err
+		if err := authenticate(ctx, c.cfg, c.cfg.ResumeTimeout, ec, info); err != nil {
+			return won, failed, err
 		}
 	}
 	var ab [acceptLen]byte
 	if _, err := io.ReadFull(ec, ab[:]); err != nil {
-		return fmt.Errorf("tcprocks: reading resume answer: %w", err)
+		return won, failed, fmt.Errorf("tcprocks: reading resume answer: %w", err)
 	}
 	acc, _, err := parseAccept(ab[:])
 	if err != nil {
-		return err
+		return won, failed, err
 	}
 	_ = ec.SetDeadline(time.Time{})
 	ok = true
 	c.resumed(ec, resumeInfo{peerReceived: acc.Received, peerFin: acc.Fin, peerFinAt: acc.FinAt, peerAckedFin: acc.AckFin, weAckedFin: req.AckFin})
-	return nil
+	return won, failed, nil
 }
 
 // resumed installs conn as the data connection of a suspended rock whose peer has consumed
@@ -350,6 +507,7 @@ func (c *Conn) resumed(conn net.Conn, ri resumeInfo) {
 		c.timer = nil
 	}
 	downtime := time.Since(c.suspendedAt)
+	c.lastDowntime = downtime
 	replay := int64(c.sent - peerReceived)
 	c.install(conn)
 	c.emit(callbacks.Event{Kind: callbacks.Resumed, Local: c.laddr, Remote: c.raddr, Downtime: downtime, Replayed: replay})

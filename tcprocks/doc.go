@@ -37,6 +37,26 @@
 // the rock closes with ErrPeerLost. After Policy.ReconnectTimeout (72 h) a suspended rock
 // closes with ErrReconnectTimeout.
 //
+// Rocks also follow the machine's network (one netlink monitor per process, see
+// Config.IgnoreNetworkChanges): a rock whose local address disappears suspends at once, and
+// suspended rocks retry at once, with their backoff reset, when an address, a link or a
+// default route appears.
+//
+// # Security and limits
+//
+// An optional pre-shared key (Config.PSK) is mixed into the key schedule and confirmed at
+// initialisation: a peer with another key, or without one, fails with ErrPSKMismatch on both
+// ends and never gets a rock; a listener with a key refuses ordinary TCP clients. A listener
+// bounds its rocks, suspended rocks, in-flight memory, pending handshakes and resume attempts
+// per connection ID (Config.MaxRocks and following); at a limit it refuses new work with
+// ErrLimit and never disturbs established rocks.
+//
+// # Hand-off
+//
+// Conn.Export suspends a rock and serialises its state (keys included: it is secret, write it
+// with mode 0600); Import (dialing side) and Listener.Import (accepting side) revive it in
+// another process, which resumes and replays as after any suspension.
+//
 // # Close
 //
 // Close returns at once; pending and later calls fail with net.ErrClosed. The rock then

@@ -43,6 +43,7 @@ var (
 
 	errRefused       = errors.New("tcprocks: peer refused the resumption (connection unknown there)")
 	errBusy          = errors.New("tcprocks: peer refused the resumption for now (limit reached)")
+	errNoAnswer      = errors.New("tcprocks: no answer")
 	errHeartbeat     = errors.New("tcprocks: heartbeats missed")
 	errCtlClosed     = errors.New("tcprocks: control channel closed by the peer")
 	errRequested     = errors.New("tcprocks: suspended by the application")

@@ -68,6 +68,17 @@ func clientProof(k []byte, id [idLen]byte, nc, ns [nonceLen]byte) [macLen]byte {
 	return mac(k, "client", id[:], ns[:], nc[:])
 }
 
+// serverConfirm (in INIT-OK) proves that the server derived the same keys as the client:
+// with a pre-shared key, that it holds the client's key.
+func serverConfirm(k []byte, id [idLen]byte, clientPub, serverPub []byte) [macLen]byte {
+	return mac(k, "confirm server", id[:], clientPub, serverPub)
+}
+
+// clientConfirm (CONFIRM) proves the same for the client.
+func clientConfirm(k []byte, id [idLen]byte, clientPub, serverPub []byte) [macLen]byte {
+	return mac(k, "confirm client", id[:], clientPub, serverPub)
+}
+
 // binding is the value given to an Authenticator (callbacks.AuthInfo.Binding).
 func binding(k []byte, id [idLen]byte, ctx ...[]byte) []byte {
 	b := mac(k, "auth", append([][]byte{id[:]}, ctx...)...)

@@ -87,9 +87,19 @@ func TestNetConn(t *testing.T) {
 }
 
 // TestNetConnWithCuts runs the conformance suite while the data connections are cut and
-// reset in the background.
+// reset in the background: with the default backoff, and with attempts every 20 ms, which
+// makes resumptions (and the close exchanges they carry) race with the cuts far more often.
 func TestNetConnWithCuts(t *testing.T) {
+	t.Run("default backoff", func(t *testing.T) { netConnWithCuts(t, 0) })
+	t.Run("fast retry", func(t *testing.T) { netConnWithCuts(t, 20*time.Millisecond) })
+}
+
+func netConnWithCuts(t *testing.T, backoffMax time.Duration) {
 	srvCfg, cliCfg := relayConfigs(t)
+	if backoffMax > 0 {
+		cliCfg.Policy.BackoffMax = backoffMax
+		srvCfg.MaxResumeRate = 1000
+	}
 	resumed := countResumed(cliCfg)
 	l := listen(t, srvCfg)
 	r := newRelay(t, l)

@@ -15,7 +15,13 @@ import (
 // connection, as a third party would.
 func rawResume(t *testing.T, addr string, req resumeMsg) ([]byte, *edp.Conn) {
 	t.Helper()
-	hello := appendResume(nil, req)
+	return rawHello(t, addr, appendResume(nil, req))
+}
+
+// rawHello offers rocks/1 to addr with the given Hello parameters and returns the server's
+// answer and the connection.
+func rawHello(t *testing.T, addr string, hello []byte) ([]byte, *edp.Conn) {
+	t.Helper()
 	cfg := &edp.Config{Enhancements: []edp.Enhancement{{
 		Name: enhancementName, Version: enhancementVersion,
 		Hello: func(edp.Role, []byte) ([]byte, any, error) { return hello, nil, nil },

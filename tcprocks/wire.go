@@ -19,6 +19,7 @@ const (
 	msgRefuse    = 0x13 // server Hello: answer to msgResume for an unknown ID
 	msgProof     = 0x21 // client, first bytes on the data connection after a resume Hello
 	msgAccept    = 0x22 // server, first bytes after a verified msgProof
+	msgConfirm   = 0x23 // client, first bytes after INIT-OK when both ends have a PSK
 	msgFin       = 0x31 // control channel: "my writing side ends at count N"
 	msgFinAck    = 0x32 // control channel: "I have your FIN(full); I consumed N bytes"
 )
@@ -30,9 +31,10 @@ const (
 	nonceLen = 16
 	macLen   = 32 // HMAC-SHA256
 
-	initLen      = 1 + 1 + keyLen + 4 + 4
+	initLen      = 1 + 1 + keyLen + 4 + 4 + 1 // without the name
 	resumeLen    = 1 + idLen + nonceLen + 8 + 1 + 8
-	initOKLen    = 1 + keyLen + idLen + 4 + 4
+	initOKLen    = 1 + keyLen + idLen + 4 + 4 + 1 + macLen + 1 // without the name
+	confirmLen   = 1 + macLen
 	challengeLen = 1 + nonceLen + macLen
 	refuseLen    = 1 + 1
 	proofLen     = 1 + macLen
@@ -45,11 +47,41 @@ const (
 	finAckBit = 0x80
 )
 
-// Refusal reasons (msgRefuse).
+// MaxNameLen is the longest locator name (Config.Name): a DNS name of at most 253 bytes.
+const MaxNameLen = 253
+
+// flagPSK in the flags byte of INIT and INIT-OK: the sender has a pre-shared key.
+const flagPSK = 0x01
+
+// Refusal reasons (msgRefuse). Only refuseUnknown means "not here"; the others are limits of
+// a listener that has the rock (or would take it): try again later.
 const (
-	refuseUnknown = 1 // no rock with this ID here
-	refuseBusy    = 2 // the rock is being resumed by another connection right now
+	refuseUnknown   = 1 // RESUME: no rock with this ID here
+	refuseBusy      = 2 // too many handshakes pending (Config.MaxPendingHandshakes)
+	refuseFull      = 3 // INIT: the listener has MaxRocks rocks, or is closing
+	refuseSuspended = 4 // INIT: too many suspended rocks (Config.MaxSuspended)
+	refuseMemory    = 5 // INIT: the in-flight memory limit is reached (Config.MaxInFlightMemory)
+	refuseRate      = 6 // RESUME: too many attempts for this ID (Config.MaxResumeRate)
 )
+
+// refuseText explains a refusal reason.
+func refuseText(reason uint8) string {
+	switch reason {
+	case refuseUnknown:
+		return "connection unknown there"
+	case refuseBusy:
+		return "too many pending handshakes"
+	case refuseFull:
+		return "listener full or closing"
+	case refuseSuspended:
+		return "too many suspended connections"
+	case refuseMemory:
+		return "in-flight memory limit reached"
+	case refuseRate:
+		return "too many resume attempts for this connection"
+	}
+	return fmt.Sprintf("reason %d", reason)
+}
 
 // finState says how far a side has closed its rock.
 type finState uint8
@@ -68,9 +100,10 @@ type limits struct {
 }
 
 type initMsg struct {
-	Flags  uint8 // reserved, 0
+	Flags  uint8 // flagPSK; other bits reserved, 0
 	Public [keyLen]byte
 	Limits limits
+	Name   string // the client's locator name; "" = none
 }
 
 type resumeMsg struct {
@@ -83,9 +116,12 @@ type resumeMsg struct {
 }
 
 type initOKMsg struct {
-	Public [keyLen]byte
-	ID     [idLen]byte
-	Limits limits
+	Public  [keyLen]byte
+	ID      [idLen]byte
+	Limits  limits
+	Flags   uint8        // flagPSK; other bits reserved, 0
+	Confirm [macLen]byte // serverConfirm: proves the server derived the same keys
+	Name    string       // the server's locator name; "" = none
 }
 
 type challengeMsg struct {
@@ -122,11 +158,63 @@ func parseFin(b byte) (finState, error) {
 	return finState(b), nil
 }
 
+// appendName appends name_len (1 byte) and the name; the name must be valid (checkName).
+func appendName(b []byte, name string) []byte {
+	b = append(b, byte(len(name)))
+	return append(b, name...)
+}
+
+// parseName parses the name at the end of a message whose fixed part is fixed bytes long (the
+// last of them the name's length). It returns the name and the message's total length.
+func parseName(b []byte, fixed int) (string, int, error) {
+	nl := int(b[fixed-1])
+	if nl > MaxNameLen || len(b) < fixed+nl {
+		return "", 0, fmt.Errorf("%w: name of %d bytes in %d", errMessage, nl, len(b)-fixed)
+	}
+	name := string(b[fixed : fixed+nl])
+	if err := checkName(name); err != nil {
+		return "", 0, fmt.Errorf("%w: %w", errMessage, err)
+	}
+	return name, fixed + nl, nil
+}
+
+// checkName checks that name is "" or a DNS name: at most MaxNameLen bytes, dot-separated
+// labels of 1 to 63 letters, digits, '-' or '_', no label beginning or ending with '-', no
+// trailing dot.
+func checkName(name string) error {
+	if name == "" {
+		return nil
+	}
+	if len(name) > MaxNameLen {
+		return fmt.Errorf("tcprocks: name of %d bytes (at most %d)", len(name), MaxNameLen)
+	}
+	label := 0
+	for i := 0; i <= len(name); i++ {
+		if i == len(name) || name[i] == '.' {
+			if label == 0 || label > 63 {
+				return fmt.Errorf("tcprocks: name %q: labels must have 1 to 63 bytes", name)
+			}
+			if name[i-1] == '-' || name[i-label] == '-' {
+				return fmt.Errorf("tcprocks: name %q: a label begins or ends with '-'", name)
+			}
+			label = 0
+			continue
+		}
+		ch := name[i]
+		if !('a' <= ch && ch <= 'z' || 'A' <= ch && ch <= 'Z' || '0' <= ch && ch <= '9' || ch == '-' || ch == '_') {
+			return fmt.Errorf("tcprocks: name %q: byte %q is not a letter, digit, '-' or '_'", name, ch)
+		}
+		label++
+	}
+	return nil
+}
+
 func appendInit(b []byte, m initMsg) []byte {
 	b = append(b, msgInit, m.Flags)
 	b = append(b, m.Public[:]...)
 	b = binary.BigEndian.AppendUint32(b, m.Limits.Recv)
-	return binary.BigEndian.AppendUint32(b, m.Limits.Send)
+	b = binary.BigEndian.AppendUint32(b, m.Limits.Send)
+	return appendName(b, m.Name)
 }
 
 func parseInit(b []byte) (m initMsg, n int, err error) {
@@ -137,7 +225,10 @@ func parseInit(b []byte) (m initMsg, n int, err error) {
 	copy(m.Public[:], b[2:])
 	m.Limits.Recv = binary.BigEndian.Uint32(b[2+keyLen:])
 	m.Limits.Send = binary.BigEndian.Uint32(b[6+keyLen:])
-	return m, initLen, nil
+	if m.Name, n, err = parseName(b, initLen); err != nil {
+		return m, 0, err
+	}
+	return m, n, nil
 }
 
 func appendResume(b []byte, m resumeMsg) []byte {
@@ -177,7 +268,10 @@ func appendInitOK(b []byte, m initOKMsg) []byte {
 	b = append(b, m.Public[:]...)
 	b = append(b, m.ID[:]...)
 	b = binary.BigEndian.AppendUint32(b, m.Limits.Recv)
-	return binary.BigEndian.AppendUint32(b, m.Limits.Send)
+	b = binary.BigEndian.AppendUint32(b, m.Limits.Send)
+	b = append(b, m.Flags)
+	b = append(b, m.Confirm[:]...)
+	return appendName(b, m.Name)
 }
 
 func parseInitOK(b []byte) (m initOKMsg, n int, err error) {
@@ -189,7 +283,12 @@ func parseInitOK(b []byte) (m initOKMsg, n int, err error) {
 	p = p[copy(m.ID[:], p):]
 	m.Limits.Recv = binary.BigEndian.Uint32(p)
 	m.Limits.Send = binary.BigEndian.Uint32(p[4:])
-	return m, initOKLen, nil
+	m.Flags = p[8]
+	copy(m.Confirm[:], p[9:])
+	if m.Name, n, err = parseName(b, initOKLen); err != nil {
+		return m, 0, err
+	}
+	return m, n, nil
 }
 
 func appendChallenge(b []byte, m challengeMsg) []byte {
@@ -227,6 +326,19 @@ func parseProof(b []byte) (mac [macLen]byte, n int, err error) {
 	}
 	copy(mac[:], b[1:])
 	return mac, proofLen, nil
+}
+
+func appendConfirm(b []byte, mac [macLen]byte) []byte {
+	b = append(b, msgConfirm)
+	return append(b, mac[:]...)
+}
+
+func parseConfirm(b []byte) (mac [macLen]byte, n int, err error) {
+	if err := checkHeader(b, msgConfirm, confirmLen); err != nil {
+		return mac, 0, err
+	}
+	copy(mac[:], b[1:])
+	return mac, confirmLen, nil
 }
 
 func appendAccept(b []byte, m acceptMsg) []byte {

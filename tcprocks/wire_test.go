@@ -3,11 +3,13 @@ package tcprocks
 import (
 	"bytes"
 	"testing"
+
+	"github.com/rockudp/rockudp/callbacks"
 )
 
 // Valid encodings, used as fuzz seeds.
 func seedInit() []byte {
-	m := initMsg{Limits: limits{Recv: 1 << 20, Send: 4 << 20}}
+	m := initMsg{Limits: limits{Recv: 1 << 20, Send: 4 << 20}, Flags: flagPSK, Name: "laptop.example.org"}
 	m.Public[0] = 9
 	return appendInit(nil, m)
 }
@@ -20,7 +22,7 @@ func seedResume() []byte {
 
 func TestWireRoundTrip(t *testing.T) {
 	im, _, err := parseInit(seedInit())
-	if err != nil || im.Limits.Send != 4<<20 || im.Public[0] != 9 {
+	if err != nil || im.Limits.Send != 4<<20 || im.Public[0] != 9 || im.Name != "laptop.example.org" || im.Flags != flagPSK {
 		t.Fatalf("init %+v %v", im, err)
 	}
 	rm, _, err := parseResume(seedResume())
@@ -37,6 +39,15 @@ func TestWireRoundTrip(t *testing.T) {
 	}
 	if _, _, err := parseFinMsg(appendFin(nil, finMsg{})); err == nil {
 		t.Fatal("FIN without state accepted")
+	}
+	if _, _, err := parseInit(seedInit()[:initLen+3]); err == nil {
+		t.Fatal("init with a truncated name accepted")
+	}
+	if st, err := parseState(seedState()); err != nil || string(st.Data) != "abc" || st.Alternates[0] != "198.51.100.1:7000" {
+		t.Fatalf("state %+v %v", st, err)
+	}
+	if _, err := parseState(seedState()[:len(seedState())-1]); err == nil {
+		t.Fatal("truncated state accepted")
 	}
 	if _, _, err := parseResume(seedResume()[:resumeLen-1]); err == nil {
 		t.Fatal("short resume accepted")
@@ -72,7 +83,33 @@ func FuzzParseResume(f *testing.F) {
 }
 
 func FuzzParseInitOK(f *testing.F) {
-	fuzzParser(f, [][]byte{appendInitOK(nil, initOKMsg{Limits: limits{1, 2}})}, parseInitOK, appendInitOK)
+	fuzzParser(f, [][]byte{appendInitOK(nil, initOKMsg{Limits: limits{1, 2}, Name: "srv-1.example"})}, parseInitOK, appendInitOK)
+}
+
+func FuzzParseConfirm(f *testing.F) {
+	fuzzParser(f, [][]byte{appendConfirm(nil, [macLen]byte{7})}, parseConfirm, appendConfirm)
+}
+
+// seedState is a valid exported state.
+func seedState() []byte {
+	s := &rockState{Role: 1, Limit: 100, InLimit: 200, Sent: 10, Acked: 7, Recv: 5, Fin: finWrite, FinAt: 10,
+		SuspendedAt: 1, Estab: 2, Policy: callbacksPolicy(), Network: "tcp", Dialed: "example.org:7000",
+		Remote: "192.0.2.1:7000", PeerName: "srv.example", Alternates: []string{"198.51.100.1:7000"}, Data: []byte("abc")}
+	s.ID[0] = 1
+	return appendState(nil, s)
+}
+
+func FuzzParseState(f *testing.F) {
+	f.Add(seedState())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := parseState(b)
+		if err != nil {
+			return
+		}
+		if again := appendState(nil, s); !bytes.Equal(again, b) {
+			t.Fatalf("re-encoding %x, want %x", again, b)
+		}
+	})
 }
 
 func FuzzParseChallenge(f *testing.F) {
@@ -98,3 +135,5 @@ func FuzzParseFin(f *testing.F) {
 func FuzzParseFinAck(f *testing.F) {
 	fuzzParser(f, [][]byte{appendFinAck(nil, 42)}, parseFinAck, appendFinAck)
 }
+
+func callbacksPolicy() callbacks.Policy { return callbacks.Policy{}.WithDefaults() }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -68,27 +67,4 @@ existing file unless --force is given. Without -o the key goes to standard outpu
 	c.Flags().StringVarP(&out, "output", "o", "", "file to write (default: standard output)")
 	c.Flags().BoolVar(&force, "force", false, "replace an existing file")
 	return c
-}
-
-// loadPSK reads a key file written by keygen: one line of base64, at least 128 bits.
-func loadPSK(path string) ([]byte, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("pre-shared key: %w", err)
-	}
-	if st.Size() > 4096 {
-		return nil, fmt.Errorf("pre-shared key %s: %d bytes is too large for a key file (make one with rockudp keygen)", path, st.Size())
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("pre-shared key: %w", err)
-	}
-	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
-	if err != nil {
-		return nil, fmt.Errorf("pre-shared key %s: not a base64 key (make one with rockudp keygen): %v", path, err)
-	}
-	if len(key) < 16 {
-		return nil, fmt.Errorf("pre-shared key %s: %d bits is too short, want at least 128", path, len(key)*8)
-	}
-	return key, nil
 }

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/rockudp/rockudp/internal/pskauth"
 )
 
 func TestKeygen(t *testing.T) {
@@ -20,7 +22,7 @@ func TestKeygen(t *testing.T) {
 	if st.Mode().Perm() != 0o600 {
 		t.Fatalf("mode %v, want 0600", st.Mode().Perm())
 	}
-	key, err := loadPSK(path)
+	key, err := pskauth.LoadFile(path)
 	if err != nil || len(key) != pskLen {
 		t.Fatalf("loadPSK: %d bytes, %v", len(key), err)
 	}
@@ -35,7 +37,7 @@ func TestKeygen(t *testing.T) {
 	if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
 		t.Fatalf("mode after --force %v, want 0600", st.Mode().Perm())
 	}
-	again, _ := loadPSK(path)
+	again, _ := pskauth.LoadFile(path)
 	if string(again) == string(key) {
 		t.Fatal("two keys are equal")
 	}
@@ -55,11 +57,11 @@ func TestLoadPSKBad(t *testing.T) {
 	} {
 		p := filepath.Join(dir, name)
 		os.WriteFile(p, []byte(content), 0o600)
-		if _, err := loadPSK(p); err == nil {
+		if _, err := pskauth.LoadFile(p); err == nil {
 			t.Errorf("%s: no error", name)
 		}
 	}
-	if _, err := loadPSK(filepath.Join(dir, "missing")); err == nil {
+	if _, err := pskauth.LoadFile(filepath.Join(dir, "missing")); err == nil {
 		t.Error("missing file: no error")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"net/netip"
 	"strings"
 	"time"
@@ -149,7 +150,7 @@ them.`,
 				fmt.Fprintf(out, "registered %s port %d: %v\n", name, port, fixed)
 				return nil
 			}
-			return watchRegistration(cmd.Context(), out, g, cfg, name, port, fixed)
+			return watchRegistration(cmd.Context(), out, cfg, name, port, fixed)
 		},
 	}
 	c.Flags().StringVar(&server, "server", locator.DefaultServer, "DNS server that takes the updates (HOST:PORT)")
@@ -165,8 +166,8 @@ them.`,
 }
 
 // watchRegistration keeps name registered until ctx ends, re-registering at once when a
-// local address changes (netmon), then removes the records.
-func watchRegistration(ctx context.Context, out interface{ Write([]byte) (int, error) }, g *globalOpts,
+// local address changes, then removes the records.
+func watchRegistration(ctx context.Context, out io.Writer,
 	cfg *locator.Config, name string, port uint16, fixed []netip.Addr) error {
 	reg := locator.Registration{Name: name, Port: port, OnUpdate: func(s locator.RegistrarStatus) {
 		if s.Err != nil {
@@ -178,22 +179,9 @@ func watchRegistration(ctx context.Context, out interface{ Write([]byte) (int, e
 	if fixed != nil {
 		reg.Addrs = func() []netip.Addr { return fixed }
 	}
-	r, err := locator.NewRegistrar(cfg, reg)
+	r, err := locator.NewRegistrar(cfg, reg) // without fixed addresses, it follows the host's
 	if err != nil {
 		return err
-	}
-	if fixed == nil { // follow the host's addresses
-		mon, err := netmon.New(&netmon.Config{Logger: g.logger})
-		if err == nil {
-			err = mon.Start()
-		}
-		if err != nil {
-			r.Close()
-			return fmt.Errorf("cannot watch address changes: %w", err)
-		}
-		defer mon.Close()
-		unregister := mon.RegisterChangeCallback(func(*netmon.ChangeDelta) { r.Changed() })
-		defer unregister()
 	}
 	<-ctx.Done()
 	if err := r.Close(); err != nil {

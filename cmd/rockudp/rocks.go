@@ -12,21 +12,30 @@ import (
 )
 
 // serveRocks is the paper's rockd: it accepts rocks (and, when plainOK, plain TCP from
-// ordinary clients) on ln and joins each to a new TCP connection to the service at to. It
-// returns when ln is closed, after every joined pair has ended; when ctx ends, every
-// pair is closed.
-func serveRocks(ctx context.Context, ln *tcprocks.Listener, to string, plainOK bool, tr *rockTracker, log *slog.Logger) error {
+// ordinary clients) on ln and joins each, and each rock of imported, to a new TCP
+// connection to the service at to. It returns when ln is closed, after every joined pair
+// has ended. When ctx ends, every pair is closed — after handOff, when it is not nil, has
+// taken the rocks it wants (Conn.Export), whose clients then see no close.
+func serveRocks(ctx context.Context, ln *tcprocks.Listener, to string, plainOK bool, tr *rockTracker, log *slog.Logger,
+	imported []*tcprocks.Conn, handOff func()) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	rl := &rockOnly{Listener: ln, plainOK: plainOK, tr: tr, log: log}
-	for {
-		c, err := rl.AcceptRock()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
-				return nil
-			}
-			return err
+	pairs, closePairs := context.WithCancel(context.Background())
+	defer closePairs()
+	handedOff := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(handedOff)
+		if handOff != nil {
+			handOff()
 		}
+		closePairs()
+	})
+	defer func() {
+		if !stop() {
+			<-handedOff // the rocks' states are written before we return
+		}
+	}()
+	join := func(c *tcprocks.Conn) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -37,7 +46,7 @@ func serveRocks(ctx context.Context, ln *tcprocks.Listener, to string, plainOK b
 				c.Close()
 				return
 			}
-			stop := context.AfterFunc(ctx, func() { c.Close(); up.Close() })
+			stop := context.AfterFunc(pairs, func() { c.Close(); up.Close() })
 			defer stop()
 			n, err := forward.Join(c, up)
 			if tr != nil {
@@ -46,6 +55,20 @@ func serveRocks(ctx context.Context, ln *tcprocks.Listener, to string, plainOK b
 			log.Debug("connection ended", "client", c.RemoteAddr(), "enhanced", c.Enhanced(),
 				"bytes_in", n.AToB, "bytes_out", n.BToA, "err", err)
 		}()
+	}
+	for _, c := range imported {
+		join(c)
+	}
+	rl := &rockOnly{Listener: ln, plainOK: plainOK, tr: tr, log: log}
+	for {
+		c, err := rl.AcceptRock()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		join(c)
 	}
 }
 
@@ -73,7 +96,7 @@ func connectRocks(ctx context.Context, local net.Listener, server string, cfg *t
 				return
 			}
 			if tr != nil {
-				tr.add(rock.ID())
+				tr.add(rock)
 			}
 			stop := context.AfterFunc(ctx, func() { c.Close(); rock.Close() })
 			defer stop()
@@ -109,7 +132,7 @@ func (l *rockOnly) AcceptRock() (*tcprocks.Conn, error) {
 			continue
 		}
 		if l.tr != nil {
-			l.tr.add(c.ID())
+			l.tr.add(c)
 		}
 		return c, nil
 	}

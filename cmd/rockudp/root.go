@@ -29,11 +29,12 @@ address changes, lost links and long suspensions. It implements reliable sockets
 a peer is enhanced and falls back to plain TCP when it is not, and tools built on them.
 
 Start with "rockudp demo".`,
-		SilenceErrors: true, // main prints the error once
+		SilenceErrors: true, // main prints the error once, on one line
+		// No usage dump on errors: it would hide the one line that names the problem (and
+		// with connect --stdio, standard output is the data stream). Flag errors point to
+		// --help instead.
+		SilenceUsage: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			// Flags and arguments are valid by now: later errors are runtime errors,
-			// where a usage dump would only hide the message.
-			cmd.SilenceUsage = true
 			l, err := newLogger(g.stderr, g.logLevel, g.logFormat)
 			if err != nil {
 				return err
@@ -42,6 +43,9 @@ Start with "rockudp demo".`,
 			return nil
 		},
 	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return fmt.Errorf("%w (see %s --help)", err, c.CommandPath())
+	})
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	pf := root.PersistentFlags()
@@ -56,6 +60,7 @@ Start with "rockudp demo".`,
 		newServeCmd(g),
 		newConnectCmd(g),
 		newTunnelCmd(g),
+		newStatusCmd(g),
 	)
 	return root
 }

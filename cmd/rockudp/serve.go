@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/rockudp/rockudp/callbacks"
@@ -25,6 +26,7 @@ type rockOpts struct {
 	heartbeat        time.Duration
 	misses           int
 	reconnectTimeout time.Duration
+	resumeTimeout    time.Duration
 	metricsAddr      string
 }
 
@@ -35,6 +37,8 @@ func (o *rockOpts) add(c *cobra.Command) {
 	f.IntVar(&o.misses, "misses", callbacks.DefaultMissedHeartbeats, "missed heartbeats before a rock suspends")
 	f.DurationVar(&o.reconnectTimeout, "reconnect-timeout", callbacks.DefaultReconnectTimeout,
 		"how long a suspended rock keeps trying before it closes (0: never give up)")
+	f.DurationVar(&o.resumeTimeout, "resume-timeout", tcprocks.DefaultResumeTimeout,
+		"how long one reconnection attempt to one address may take before the next address is tried")
 	f.StringVar(&o.metricsAddr, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics")
 }
 
@@ -56,17 +60,21 @@ func (o *rockOpts) config(log *slog.Logger, tr *rockTracker) (*tcprocks.Config, 
 	if o.reconnectTimeout < 0 {
 		return nil, errors.New("--reconnect-timeout must not be negative (0 means never give up)")
 	}
+	if o.resumeTimeout <= 0 {
+		return nil, errors.New("--resume-timeout must be positive")
+	}
 	rt := o.reconnectTimeout
 	if rt == 0 {
 		rt = callbacks.NoTimeout
 	}
 	cfg := &tcprocks.Config{
-		Policy:  callbacks.Policy{HeartbeatInterval: o.heartbeat, MissedHeartbeats: o.misses, ReconnectTimeout: rt},
-		Handler: handlers{logEvents(log), tr},
-		Logger:  log,
+		Policy:        callbacks.Policy{HeartbeatInterval: o.heartbeat, MissedHeartbeats: o.misses, ReconnectTimeout: rt},
+		Handler:       handlers{logEvents(log), tr},
+		ResumeTimeout: o.resumeTimeout,
+		Logger:        log,
 	}
 	if o.pskFile != "" {
-		key, err := loadPSK(o.pskFile)
+		key, err := pskauth.LoadFile(o.pskFile)
 		if err != nil {
 			return nil, err
 		}
@@ -92,7 +100,9 @@ func logEvents(log *slog.Logger) callbacks.Handler {
 			log.Info("rock resumed", "rock", id, "downtime", e.Downtime.Round(time.Millisecond),
 				"replayed_bytes", e.Replayed, "local", e.Local, "remote", e.Remote)
 		case callbacks.Closed:
-			if e.Cause != nil {
+			if errors.Is(e.Cause, tcprocks.ErrExported) {
+				log.Info("rock exported", "rock", id)
+			} else if e.Cause != nil {
 				log.Warn("rock closed", "rock", id, "cause", e.Cause)
 			} else {
 				log.Info("rock closed", "rock", id)
@@ -130,8 +140,10 @@ func checkReachable(ctx context.Context, flag, addr string) error {
 func newServeCmd(g *globalOpts) *cobra.Command {
 	var (
 		o          rockOpts
+		reg        registerOpts
 		listen, to string
 		noAuth     bool
+		statePath  string
 	)
 	c := &cobra.Command{
 		Use:   "serve",
@@ -144,7 +156,25 @@ are joined too, as plain TCP.
 A forwarder anyone can use is an open door to --to: serve refuses to start without
 --psk-file (make one with rockudp keygen; give the same file to connect) unless
 --no-auth says you mean it. With a key, clients without it never get a rock nor reach
---to: they must also be enhanced.`,
+--to: they must also be enhanced.
+
+With --register NAME, serve keeps NAME in the DNS (RFC 2136 updates signed with the TSIG
+key, at --locator-server) pointing at its listening address, follows the host's address
+changes, removes the records at exit, and announces NAME to its clients: "connect
+--locate" then finds this server after it moved.
+
+With --state-dir DIR, a SIGTERM or SIGINT does not close the rocks: serve suspends them
+without telling their clients, writes each one's state to DIR (keys, byte counts and the
+bytes the client has not yet acknowledged; mode 0600, DIR 0700), and exits. The next serve
+started with the same DIR (same --listen port, same key) imports them and joins each to a
+new connection to --to; the clients reconnect and resume with no byte lost or repeated on
+the rock. What is preserved is the stream between each client and serve. The TCP
+connection to --to is not: the service sees it end (what serve had already read from the
+client was delivered to it first) and a new connection begin, and bytes the service had
+sent that serve had not yet passed to the rock are lost. So it suits services for which a
+new connection continues the conversation (a sink, a stateless request stream), or any
+service when what matters is that clients keep their connections. DIR also keeps the
+listener's EDP announcement, so clients' cached probes stay valid across restarts.`,
 		Example: "  rockudp serve --listen :7000 --to 127.0.0.1:22 --psk-file rockudp.psk",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -159,6 +189,17 @@ A forwarder anyone can use is an open door to --to: serve refuses to start witho
 			if err != nil {
 				return err
 			}
+			name, err := reg.canonicalName()
+			if err != nil {
+				return err
+			}
+			cfg.Name = strings.TrimSuffix(name, ".") // announced to clients, for their --locate
+			var state *stateDir
+			if statePath != "" {
+				if state, err = openStateDir(statePath, cfg, g.logger); err != nil {
+					return err
+				}
+			}
 			ctx := cmd.Context()
 			if err := checkReachable(ctx, "--to", to); err != nil {
 				return err
@@ -172,22 +213,43 @@ A forwarder anyone can use is an open door to --to: serve refuses to start witho
 			if err != nil {
 				return fmt.Errorf("cannot listen on %s: %w", listen, err)
 			}
+			stopRegistrar, err := reg.start(ctx, ln.Addr(), g.logger)
+			if err != nil {
+				ln.Close()
+				return err
+			}
+			defer stopRegistrar()
 			auth := "pre-shared key"
 			if o.pskFile == "" {
 				auth = "NO authentication"
 			}
+			if name != "" {
+				auth += fmt.Sprintf(", registered as %s at %s", name, reg.server)
+			}
+			var (
+				imported []*tcprocks.Conn
+				handOff  func()
+			)
+			if state != nil {
+				imported = state.restore(ln, tr, g.logger)
+				auth += fmt.Sprintf(", state in %s (%d rocks imported)", statePath, len(imported))
+				handOff = func() { state.save(tr.conns(), g.logger) }
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "serving rocks on %s (tcp + udp), forwarding to %s, %s\n", ln.Addr(), to, auth)
+			defer startStatusFor(tr, "serve", fmt.Sprintf("%s -> %s", ln.Addr(), to), g.logger)()
 			stop := context.AfterFunc(ctx, func() { ln.Close() })
 			defer stop()
-			err = serveRocks(ctx, ln, to, o.pskFile == "", tr, g.logger)
+			err = serveRocks(ctx, ln, to, o.pskFile == "", tr, g.logger, imported, handOff)
 			finishClosing(tr, g)
 			return err
 		},
 	}
 	o.add(c)
+	reg.add(c)
 	c.Flags().StringVar(&listen, "listen", ":7000", "address to accept rocks on")
 	c.Flags().StringVar(&to, "to", "", "service to join each rock to (HOST:PORT, required)")
 	c.Flags().BoolVar(&noAuth, "no-auth", false, "run without a pre-shared key: anyone who reaches --listen reaches --to")
+	c.Flags().StringVar(&statePath, "state-dir", "", "on SIGTERM or SIGINT, hand the rocks off to files in this directory (mode 0700) for the next serve with it, instead of closing them")
 	c.MarkFlagsMutuallyExclusive("psk-file", "no-auth")
 	return c
 }
@@ -195,6 +257,7 @@ A forwarder anyone can use is an open door to --to: serve refuses to start witho
 func newConnectCmd(g *globalOpts) *cobra.Command {
 	var (
 		o              rockOpts
+		loc            locateOpts
 		server, listen string
 		stdio          bool
 	)
@@ -205,9 +268,14 @@ func newConnectCmd(g *globalOpts) *cobra.Command {
 connections and carries each over its own rock; with --stdio it carries its standard input
 and output over one rock, for ssh's ProxyCommand:
 
-  ssh -o ProxyCommand='rockudp connect --stdio --server %h:7000 --psk-file ~/.rockudp.psk' host`,
+  ssh -o ProxyCommand='rockudp connect --stdio --server %h:7000 --psk-file ~/.rockudp.psk' host
+
+With --locate, a rock whose server no longer answers at its last address looks up the
+name the server announced (serve --register) in the DNS at --locator-server and tries the
+addresses found there; --locate NAME looks up NAME instead. The answer is a hint: the rock
+still authenticates whatever it reaches.`,
 		Example: "  rockudp connect --server host:7000 --listen 127.0.0.1:2222 --psk-file rockudp.psk",
-		Args:    cobra.NoArgs,
+		Args:    loc.args,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if server == "" {
 				return errors.New("--server HOST:PORT is required: the rockudp serve to connect to")
@@ -218,6 +286,9 @@ and output over one rock, for ssh's ProxyCommand:
 			tr := newRockTracker()
 			cfg, err := o.config(g.logger, tr)
 			if err != nil {
+				return err
+			}
+			if cfg.Locator, err = loc.locator(server, g.logger); err != nil {
 				return err
 			}
 			cc, err := control.NewClient(&control.ClientConfig{Logger: g.logger})
@@ -233,6 +304,7 @@ and output over one rock, for ssh's ProxyCommand:
 			}
 			defer stopMetrics()
 			if stdio {
+				defer startStatusFor(tr, "connect", "stdio -> "+server, g.logger)()
 				err := connectStdio(ctx, cmd.InOrStdin(), cmd.OutOrStdout(), server, cfg, tr)
 				finishClosing(tr, g)
 				return err
@@ -245,6 +317,7 @@ and output over one rock, for ssh's ProxyCommand:
 				return fmt.Errorf("cannot listen on %s: %w", listen, err)
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "carrying connections to %s over rocks to %s\n", ln.Addr(), server)
+			defer startStatusFor(tr, "connect", fmt.Sprintf("%s -> %s", ln.Addr(), server), g.logger)()
 			stop := context.AfterFunc(ctx, func() { ln.Close() })
 			defer stop()
 			err = connectRocks(ctx, ln, server, cfg, tr, g.logger)
@@ -253,6 +326,7 @@ and output over one rock, for ssh's ProxyCommand:
 		},
 	}
 	o.add(c)
+	loc.add(c)
 	c.Flags().StringVar(&server, "server", "", "rockudp serve to connect to (HOST:PORT, required)")
 	c.Flags().StringVar(&listen, "listen", "", "accept local TCP connections on this address")
 	c.Flags().BoolVar(&stdio, "stdio", false, "carry standard input and output over one rock")
@@ -266,7 +340,7 @@ func connectStdio(ctx context.Context, in io.Reader, out io.Writer, server strin
 	if err != nil {
 		return fmt.Errorf("cannot connect to %s: %w", server, err)
 	}
-	tr.add(rock.ID())
+	tr.add(rock)
 	stop := context.AfterFunc(ctx, func() { rock.Close() })
 	defer stop()
 	_, err = forward.Join(&stdioConn{in: in, out: out}, rock)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -42,25 +43,47 @@ func echoService(t *testing.T) string {
 // background runs the CLI with args until the test ends.
 func background(t *testing.T, args ...string) *syncBuffer {
 	t.Helper()
+	out, _ := backgroundOut(t, args...)
+	return out
+}
+
+// backgroundStop runs the CLI with args until stop is called or the test ends.
+func backgroundStop(t *testing.T, args ...string) (stop func()) {
+	t.Helper()
+	_, stop = backgroundOut(t, args...)
+	return stop
+}
+
+// backgroundOut runs the CLI with args until stop is called (as SIGINT would stop it)
+// or the test ends; stop waits for it to return and reports its error.
+func backgroundOut(t *testing.T, args ...string) (out *syncBuffer, stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
-	root := newRootCmd(&out, io.Discard)
+	out = &syncBuffer{}
+	root := newRootCmd(out, io.Discard)
 	root.SetArgs(args)
 	done := make(chan error, 1)
 	go func() { done <- root.ExecuteContext(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("%v: %v", args, err)
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("%v: %v", args, err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("%v did not stop", args)
 			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("%v did not stop", args)
-		}
-	})
-	return &out
+		})
+	}
+	t.Cleanup(stop)
+	return out, stop
 }
+
+// discardLogger is a silent logger.
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // waitDial dials addr until it answers.
 func waitDial(t *testing.T, addr string) net.Conn {
@@ -227,7 +250,9 @@ func TestServeConnectBadInput(t *testing.T) {
 		{[]string{"serve", "--no-auth", "--to", "127.0.0.1:1"}, "--to 127.0.0.1:1 is not reachable"},
 		{[]string{"serve", "--no-auth", "--to", svc, "--listen", busy.Addr().String()}, "cannot listen on"},
 		{[]string{"serve", "--no-auth", "--to", svc, "--misses", "0"}, "must be positive"},
+		{[]string{"serve", "--no-auth", "--to", svc, "--resume-timeout", "0s"}, "--resume-timeout must be positive"},
 		{[]string{"serve", "--no-auth", "--to", svc, "--metrics", busy.Addr().String()}, "--metrics " + busy.Addr().String()},
+		{[]string{"serve", "--no-auth", "--to", svc, "--state-dir", bad}, "--state-dir " + bad},
 		{[]string{"connect", "--listen", "127.0.0.1:0"}, "--server HOST:PORT is required"},
 		{[]string{"connect", "--server", svc}, "exactly one of --listen ADDR and --stdio"},
 		{[]string{"connect", "--server", "127.0.0.1:1", "--listen", "127.0.0.1:0"}, "is not reachable"},
@@ -250,4 +275,39 @@ func (b *syncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.Buffer.Write(p)
+}
+
+// TestServeStateDirBadState: a saved state that cannot be imported is set aside (renamed
+// .failed) and serve starts anyway; the directory and its announcement are private.
+func TestServeStateDirBadState(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.MkdirAll(filepath.Join(dir, "rocks"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	garbage := filepath.Join(dir, "rocks", "00112233445566778899aabbccddeeff.rock")
+	os.WriteFile(garbage, []byte("not a rock"), 0o600)
+	srv := freePort(t)
+	out := background(t, "serve", "--listen", srv, "--to", echoService(t), "--no-auth", "--state-dir", dir)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "(0 rocks imported)") {
+		if time.Now().After(deadline) {
+			t.Fatalf("serve printed %q", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := os.Stat(garbage + ".failed"); err != nil {
+		t.Fatalf("the bad state was not set aside: %v", err)
+	}
+	for _, p := range []string{dir, filepath.Join(dir, "announcement")} {
+		if fi, err := os.Stat(p); err != nil || fi.Mode().Perm()&0o077 != 0 {
+			t.Fatalf("%s: %v, %v", p, fi.Mode(), err)
+		}
+	}
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.Buffer.String()
 }

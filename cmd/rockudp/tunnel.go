@@ -102,6 +102,7 @@ func newTunnelServerCmd(g *globalOpts) *cobra.Command {
 				tr.m.addTunnel(acc.Stats)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "tunnel server on %s (tcp + udp), datagrams to udp %s\n", ln.Addr(), to)
+			defer startStatusFor(tr, "tunnel server", fmt.Sprintf("%s -> udp %s", ln.Addr(), to), g.logger)()
 			select {
 			case <-cmd.Context().Done():
 			case <-acc.Done():
@@ -178,7 +179,7 @@ func newTunnelClientCmd(g *globalOpts) *cobra.Command {
 				uc.Close()
 				return fmt.Errorf("cannot connect to %s: %w", server, err)
 			}
-			tr.add(rock.ID())
+			tr.add(rock)
 			cl, err := tunnel.NewClient(rock, uc, tcfg)
 			if err != nil {
 				return err
@@ -187,6 +188,7 @@ func newTunnelClientCmd(g *globalOpts) *cobra.Command {
 				tr.m.addTunnel(cl.Stats)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "tunnel client on udp %s, carried over a rock to %s\n", cl.LocalAddr(), server)
+			defer startStatusFor(tr, "tunnel client", fmt.Sprintf("udp %s -> %s", cl.LocalAddr(), server), g.logger)()
 			select {
 			case <-ctx.Done():
 			case <-cl.Done():

@@ -10,14 +10,12 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -86,7 +84,7 @@ func rockConfig(pskFile string, log *slog.Logger) (*tcprocks.Config, error) {
 	if pskFile == "" {
 		return cfg, nil
 	}
-	key, err := loadPSK(pskFile)
+	key, err := pskauth.LoadFile(pskFile)
 	if err != nil {
 		return nil, err
 	}
@@ -96,28 +94,4 @@ func rockConfig(pskFile string, log *slog.Logger) (*tcprocks.Config, error) {
 	}
 	cfg.PSK, cfg.Authenticator, cfg.RequireEnhanced = key, auth, true
 	return cfg, nil
-}
-
-// loadPSK reads a key file written by `rockudp keygen`: one line of base64, at least 128
-// bits. (The CLI's reader lives in its package main, so the example has its own.)
-func loadPSK(path string) ([]byte, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("pre-shared key: %w", err)
-	}
-	if st.Size() > 4096 {
-		return nil, fmt.Errorf("pre-shared key %s: %d bytes is too large for a key file (make one with rockudp keygen)", path, st.Size())
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("pre-shared key: %w", err)
-	}
-	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
-	if err != nil {
-		return nil, fmt.Errorf("pre-shared key %s: not a base64 key (make one with rockudp keygen): %v", path, err)
-	}
-	if len(key) < pskauth.MinKeyLen {
-		return nil, fmt.Errorf("pre-shared key %s: %d bits is too short, want at least %d", path, len(key)*8, pskauth.MinKeyLen*8)
-	}
-	return key, nil
 }

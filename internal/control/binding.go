@@ -3,14 +3,11 @@ package control
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"fmt"
-	"io"
 	"math/big"
 	"time"
 
@@ -100,31 +97,6 @@ func exporter(conn *quic.Conn) ([]byte, error) {
 		return nil, fmt.Errorf("control: tls exporter: %w", err)
 	}
 	return ekm, nil
-}
-
-// proof computes HMAC-SHA256(key, label || exporter).
-func proof(key []byte, label string, ekm []byte) [MACLen]byte {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(label))
-	m.Write(ekm)
-	var out [MACLen]byte
-	m.Sum(out[:0])
-	return out
-}
-
-// readFull reads len(buf) bytes from s, giving up when ctx ends. The stream's
-// read deadline is cleared again before it returns.
-func readFull(ctx context.Context, s *quic.Stream, buf []byte) error {
-	defer watchDeadline(ctx, s.SetReadDeadline)()
-	_, err := io.ReadFull(s, buf)
-	return err
-}
-
-// writeAll writes b to s, giving up when ctx ends. The stream's write deadline
-// is cleared again before it returns.
-func writeAll(ctx context.Context, s *quic.Stream, b []byte) (int, error) {
-	defer watchDeadline(ctx, s.SetWriteDeadline)()
-	return s.Write(b)
 }
 
 // watchDeadline applies ctx's deadline and cancellation through set, and

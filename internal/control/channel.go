@@ -30,12 +30,14 @@ const msgQueueLen = 8
 const drainGrace = 5 * time.Millisecond
 
 // Heartbeat configures a Channel's heartbeat loop and its callbacks. All
-// callbacks are optional; they are called from one goroutine per channel, in
-// order, never under a lock, and none starts after Close has returned.
-// Callbacks should be quick: while one runs, no heartbeat is sent or counted
-// (received heartbeats wait in QUIC's queue of 128, and the peer is not
-// declared dead before the callback returns), so a callback blocking longer
-// than the peer's Misses*Interval makes the peer declare this end dead.
+// callbacks are optional; OnHeartbeat, OnMessage and OnDead are called from one
+// goroutine per channel, in order, never under a lock, and none starts after
+// Close has returned. Consumed is called from that goroutine and, for a channel
+// on a QUIC session, from the session's heartbeat (never under a lock).
+// Callbacks should be quick. Consumed must not block: on a QUIC session a slow
+// Consumed delays the heartbeats of every channel of the session. Over TCP,
+// while a callback runs no heartbeat is sent, so one blocking longer than the
+// peer's Misses*Interval makes the peer declare this end dead.
 type Heartbeat struct {
 	// Interval between two heartbeats sent. Default 1s (DefaultInterval), or
 	// the value last given to SetPolicy.
@@ -52,9 +54,12 @@ type Heartbeat struct {
 	// bytes the local application has consumed. nil sends 0 (or the value
 	// given to Ack). The channel never sends a value lower than one it sent.
 	Consumed func() uint64
-	// OnHeartbeat is called for every heartbeat received, with the peer's
-	// consumed count (an acknowledgement of the bytes we sent). The value
-	// never decreases, even if datagrams are reordered.
+	// OnHeartbeat is called for every heartbeat received that carries the
+	// peer's consumed count (an acknowledgement of the bytes we sent): over a
+	// QUIC session only when the count changed (and twice more after), at the
+	// peer's Start and after its Acks; over TCP every Interval too. The value
+	// never decreases, even if datagrams are reordered. Silence is judged by
+	// the session: any datagram from the peer's session proves it alive.
 	OnHeartbeat func(peerConsumed uint64)
 	// OnMessage is called with each control message from the peer (see
 	// Send), in order. m belongs to the callee.
@@ -73,11 +78,19 @@ type Heartbeat struct {
 // other methods; callbacks are set with Start.
 type Channel struct {
 	id    ID
-	conn  *quic.Conn
-	str   *quic.Stream
+	conn  link
 	log   *slog.Logger
 	idle  time.Duration // QUIC idle timeout we asked for (safety net)
 	owner *registry
+
+	acceptTimer *time.Timer // server: closes the channel if Accept does not take it in time
+
+	// ses is the QUIC session the channel shares (nil over TCP). A shared channel sends no
+	// periodic heartbeat of its own: its session sends one datagram per interval for all its
+	// channels, carrying the counts that changed, and declares channels dead when the peer's
+	// session falls silent (see session.tick).
+	ses    *session
+	repeat int // shared: periodic datagrams that still carry sentMax (losses)
 
 	sendSem    chan struct{} // serialises Send: one frame at a time on the stream
 	msgs       chan []byte   // reader -> loop
@@ -106,11 +119,10 @@ type Channel struct {
 	closeCalled bool   // CloseWithError issued
 }
 
-func newChannel(id ID, conn *quic.Conn, str *quic.Stream, log *slog.Logger, idle time.Duration) *Channel {
-	return &Channel{
+func newChannel(id ID, conn link, log *slog.Logger, idle time.Duration) *Channel {
+	ch := &Channel{
 		id:         id,
 		conn:       conn,
-		str:        str,
 		log:        log,
 		idle:       idle,
 		sendSem:    make(chan struct{}, 1),
@@ -120,21 +132,37 @@ func newChannel(id ID, conn *quic.Conn, str *quic.Stream, log *slog.Logger, idle
 		interval:   DefaultInterval,
 		misses:     DefaultMisses,
 	}
+	if vl, ok := conn.(*vlink); ok {
+		ch.ses = vl.s
+		vl.ch.Store(ch)
+	}
+	return ch
 }
 
 // ID returns the rock's connection ID the channel is bound to.
 func (ch *Channel) ID() ID { return ch.id }
 
-// LocalAddr returns the local UDP address of the channel.
+// LocalAddr returns the local address of the channel: UDP, or TCP for the
+// fallback (see Network).
 func (ch *Channel) LocalAddr() net.Addr { return ch.conn.LocalAddr() }
 
-// RemoteAddr returns the peer's current UDP address (it follows QUIC path
-// migration).
+// RemoteAddr returns the peer's current address: UDP (it follows QUIC path
+// migration), or TCP for the fallback.
 func (ch *Channel) RemoteAddr() net.Addr { return ch.conn.RemoteAddr() }
 
+// Network returns "udp" for a channel over QUIC and "tcp" for one over the TCP
+// fallback (DialTCP, ServeTCP).
+func (ch *Channel) Network() string {
+	if _, ok := ch.conn.(*tcpLink); ok {
+		return "tcp"
+	}
+	return "udp"
+}
+
 // Start runs the heartbeat loop with h: a heartbeat is sent at once and then
-// every Interval; received heartbeats and control messages are handed to the
-// callbacks. Only the first call has an effect; Start after Close does nothing.
+// every Interval (on a QUIC session, by the session, only when the count
+// changed; see docs/protocol.md §3.3); received heartbeats and control
+// messages are handed to the callbacks. Only the first call has an effect; Start after Close does nothing.
 func (ch *Channel) Start(h Heartbeat) {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
@@ -156,6 +184,12 @@ func (ch *Channel) Start(h Heartbeat) {
 	ch.lastRecv = now
 	ch.nextSend = now
 	ch.timer = time.AfterFunc(ch.interval, ch.onTimer)
+	if ch.ses != nil {
+		// The first heartbeat goes at once, as an ack; the session does the rest.
+		ch.ackPending = true
+		ch.kick = true
+		defer ch.ses.started(ch.interval)
+	}
 	ch.checkIdleLocked()
 	go ch.loop()
 	go ch.readLoop()
@@ -186,6 +220,9 @@ func (ch *Channel) SetPolicy(interval time.Duration, misses int) {
 	if ch.started {
 		ch.checkIdleLocked()
 		ch.kickLocked()
+		if ch.ses != nil {
+			defer ch.ses.started(interval)
+		}
 	}
 }
 
@@ -241,7 +278,7 @@ func (ch *Channel) Send(ctx context.Context, m []byte) error {
 		return err
 	}
 	frame, _ := AppendMessage(make([]byte, 0, MessageHeaderLen+len(m)), m)
-	n, err := writeAll(ctx, ch.str, frame)
+	n, err := ch.conn.writeFrame(ctx, frame)
 	if err == nil {
 		return nil
 	}
@@ -346,6 +383,11 @@ func (ch *Channel) onTimer() {
 		ch.mu.Unlock()
 		return
 	}
+	if ch.ses != nil { // an ack is due; the session judges the peer
+		ch.kickLocked()
+		ch.mu.Unlock()
+		return
+	}
 	dead := ch.interval * time.Duration(ch.misses)
 	silence := time.Since(ch.lastRecv)
 	if ch.inCallback.Load() {
@@ -384,7 +426,7 @@ func (ch *Channel) loop() {
 		}
 		now := time.Now()
 		send := false
-		if !now.Before(ch.nextSend) {
+		if ch.ses == nil && !now.Before(ch.nextSend) {
 			send = true
 			ch.nextSend = now.Add(ch.interval)
 		}
@@ -399,6 +441,14 @@ func (ch *Channel) loop() {
 			ch.lastSent = now
 		} else if kicked {
 			ch.kick = false
+		} else if ch.ses != nil {
+			if ch.ackPending {
+				ch.timer.Reset(ackDue.Sub(now))
+			} else {
+				ch.timer.Stop()
+			}
+			ctx, wake = context.WithCancel(context.Background())
+			ch.wake = wake
 		} else {
 			next := earliest(ch.nextSend, ch.lastRecv.Add(ch.interval*time.Duration(ch.misses)))
 			if ch.ackPending {
@@ -445,6 +495,7 @@ func (ch *Channel) sendHeartbeat(buf []byte, value uint64) {
 	ch.mu.Lock()
 	value = max(value, ch.sentMax)
 	ch.sentMax = value
+	ch.repeat = sessionRepeats
 	ch.mu.Unlock()
 	if err := ch.conn.SendDatagram(AppendHeartbeat(buf, value)); err != nil {
 		ch.log.Debug("control: heartbeat not sent", "id", ch.id, "err", err)
@@ -527,19 +578,9 @@ func (ch *Channel) callConsumed() uint64 {
 // the loop.
 func (ch *Channel) readLoop() {
 	defer close(ch.readerDone)
-	var hdr [MessageHeaderLen]byte
 	for {
-		if _, err := io.ReadFull(ch.str, hdr[:]); err != nil {
-			ch.readFailed(err)
-			return
-		}
-		l, err := ParseMessageHeader(hdr[:])
+		m, err := ch.conn.readMessage()
 		if err != nil {
-			ch.die(codeProtocol, err)
-			return
-		}
-		m := make([]byte, l)
-		if _, err := io.ReadFull(ch.str, m); err != nil {
 			ch.readFailed(err)
 			return
 		}
@@ -555,6 +596,10 @@ func (ch *Channel) readLoop() {
 }
 
 func (ch *Channel) readFailed(err error) {
+	if errors.Is(err, ErrShort) || errors.Is(err, ErrTooLong) || errors.Is(err, ErrVersion) || errors.Is(err, ErrBadFrame) {
+		ch.die(codeProtocol, err)
+		return
+	}
 	if ch.conn.Context().Err() != nil || errors.Is(err, net.ErrClosed) {
 		return // the connection ended: the loop reports it
 	}
@@ -569,4 +614,44 @@ func earliest(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// sessionRepeats is how many periodic session datagrams repeat a channel's count after it
+// changed, so that the loss of a datagram does not hide an acknowledgement.
+const sessionRepeats = 2
+
+// poll is the session's periodic visit of a started shared channel at now, when the peer's
+// session was last heard at lastRecv: it declares the peer dead after Misses intervals of
+// silence, and otherwise returns the count to send (ok false: nothing new), the channel's
+// interval and its heartbeat timeout (zero: the channel is not started or is over). It
+// calls Consumed on the session's goroutine.
+func (ch *Channel) poll(now, lastRecv time.Time) (value uint64, ok bool, interval, dead time.Duration) {
+	ch.mu.Lock()
+	if !ch.started || ch.userClosed || ch.deadErr != nil || ch.closeCalled {
+		ch.mu.Unlock()
+		return 0, false, 0, 0
+	}
+	interval, dead = ch.interval, ch.interval*time.Duration(ch.misses)
+	if silence := now.Sub(lastRecv); silence >= dead {
+		err := &HeartbeatTimeoutError{Silence: silence, Interval: ch.interval, Misses: ch.misses}
+		ch.mu.Unlock()
+		ch.die(codeDead, err)
+		return 0, false, 0, 0
+	}
+	ch.mu.Unlock()
+	var v uint64
+	if f := ch.h.Consumed; f != nil {
+		v = f()
+	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if v > ch.sentMax {
+		ch.sentMax = v
+		ch.repeat = sessionRepeats + 1
+	}
+	if ch.repeat == 0 {
+		return 0, false, interval, dead
+	}
+	ch.repeat--
+	return ch.sentMax, true, interval, dead
 }

@@ -2,7 +2,6 @@ package control
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -37,13 +36,27 @@ func (c *ClientConfig) withDefaults() ClientConfig {
 }
 
 // Client dials control channels. All Dials share one quic.Transport on one
-// ephemeral dual-stack UDP socket; a process needs a single Client.
+// ephemeral dual-stack UDP socket, and all channels to one server address share
+// one QUIC connection (a session, see session.go); a process needs a single Client.
 type Client struct {
 	cfg   ClientConfig
 	tr    *quic.Transport
 	tls   *tls.Config
 	chans registry
 	once  sync.Once
+
+	smu      sync.Mutex
+	sessions map[string]*session
+	dialing  map[string]*sessionDial
+	closed   bool
+	wg       sync.WaitGroup // session goroutines
+}
+
+// sessionDial is a session being dialed; concurrent Dials to its address wait for it.
+type sessionDial struct {
+	done chan struct{}
+	s    *session
+	err  error
 }
 
 // NewClient opens the client's UDP socket ([::]:0, or 0.0.0.0:0 where IPv6
@@ -57,7 +70,8 @@ func NewClient(cfg *ClientConfig) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control: client socket: %w", err)
 	}
-	return &Client{cfg: c, tr: &quic.Transport{Conn: pc}, tls: clientTLS()}, nil
+	return &Client{cfg: c, tr: &quic.Transport{Conn: pc}, tls: clientTLS(),
+		sessions: make(map[string]*session), dialing: make(map[string]*sessionDial)}, nil
 }
 
 // LocalAddr returns the client's UDP address.
@@ -65,9 +79,10 @@ func (c *Client) LocalAddr() net.Addr { return c.tr.Conn.LocalAddr() }
 
 // Dial opens a control channel to raddr (a *net.UDPAddr; any other net.Addr,
 // such as the rock's *net.TCPAddr, is resolved as "ip:port" over UDP), bound to
-// rock id and its control key. It returns only a channel on which both ends
-// proved the key: a refusal by the server wraps ErrRefused, a server that
-// fails its proof gives ErrBadProof, a deadline gives a timeout net.Error.
+// rock id and its control key. It reuses the QUIC connection to raddr if there
+// is one. It returns only a channel on which both ends proved the key: a refusal
+// by the server wraps ErrRefused, a server that fails its proof gives
+// ErrBadProof, a deadline gives a timeout net.Error.
 func (c *Client) Dial(ctx context.Context, raddr net.Addr, id ID, key []byte) (*Channel, error) {
 	ua, err := udpAddr(raddr)
 	if err != nil {
@@ -75,6 +90,81 @@ func (c *Client) Dial(ctx context.Context, raddr net.Addr, id ID, key []byte) (*
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.HandshakeTimeout)
 	defer cancel()
+	for attempt := 0; ; attempt++ {
+		s, err := c.session(ctx, ua)
+		if err != nil {
+			c.cfg.Logger.Debug("control: dial failed", "remote", ua, "err", err)
+			return nil, err
+		}
+		ch, err := s.bind(ctx, id, key)
+		if errors.Is(err, errSessionClosed) && attempt == 0 && ctx.Err() == nil {
+			continue // the session ended under us: one more on a new one
+		}
+		if err != nil {
+			c.cfg.Logger.Debug("control: dial failed", "remote", ua, "err", err)
+			return nil, err
+		}
+		if !c.chans.add(ch) {
+			ch.Close()
+			return nil, ErrClosed
+		}
+		return ch, nil
+	}
+}
+
+// session returns the live session to ua, dialing it if there is none.
+func (c *Client) session(ctx context.Context, ua *net.UDPAddr) (*session, error) {
+	key := ua.String()
+	c.smu.Lock()
+	if c.closed {
+		c.smu.Unlock()
+		return nil, ErrClosed
+	}
+	if s := c.sessions[key]; s != nil {
+		if !s.stale(time.Now()) {
+			c.smu.Unlock()
+			return s, nil
+		}
+		// The peer has been silent for a while (a restarted server?): new channels go to a
+		// new session; the old one ends with its last channel.
+		delete(c.sessions, key)
+	}
+	d := c.dialing[key]
+	if d != nil {
+		c.smu.Unlock()
+		select {
+		case <-d.done:
+			return d.s, d.err
+		case <-ctx.Done():
+			return nil, ctxError("dial "+key, ctx)
+		}
+	}
+	d = &sessionDial{done: make(chan struct{})}
+	c.dialing[key] = d
+	c.smu.Unlock()
+	s, err := c.dialSession(ctx, ua)
+	c.smu.Lock()
+	delete(c.dialing, key)
+	if err == nil && c.closed {
+		err = ErrClosed
+	}
+	if err == nil {
+		s.cli, s.addr = c, key
+		c.sessions[key] = s
+		s.start(&c.wg)
+	}
+	c.smu.Unlock()
+	if err != nil && s != nil {
+		s.conn.CloseWithError(codeClosed, "closed")
+		s = nil
+	}
+	d.s, d.err = s, err
+	close(d.done)
+	return s, err
+}
+
+// dialSession makes the QUIC connection of a new session and opens its stream.
+func (c *Client) dialSession(ctx context.Context, ua *net.UDPAddr) (*session, error) {
 	conn, err := c.tr.Dial(ctx, ua, c.tls, quicConfig(c.cfg.HandshakeTimeout, c.cfg.IdleTimeout, false))
 	if err != nil {
 		if errors.Is(err, quic.ErrTransportClosed) {
@@ -85,49 +175,48 @@ func (c *Client) Dial(ctx context.Context, raddr net.Addr, id ID, key []byte) (*
 		}
 		return nil, fmt.Errorf("control: dial %s: %w", ua, err)
 	}
-	ch, code, err := c.bind(ctx, conn, id, key)
-	if err != nil {
-		conn.CloseWithError(code, "binding failed")
-		c.cfg.Logger.Debug("control: dial failed", "remote", ua, "err", err)
+	fail := func(err error) (*session, error) {
+		conn.CloseWithError(codeRefused, "session failed")
 		return nil, err
 	}
-	if !c.chans.add(ch) {
-		ch.Close()
-		return nil, ErrClosed
-	}
-	return ch, nil
-}
-
-// bind runs the client side of the channel binding.
-func (c *Client) bind(ctx context.Context, conn *quic.Conn, id ID, key []byte) (*Channel, quic.ApplicationErrorCode, error) {
 	if !conn.ConnectionState().SupportsDatagrams.Remote {
-		return nil, codeRefused, errors.New("control: server has no QUIC datagram support")
+		return fail(errors.New("control: server has no QUIC datagram support"))
 	}
 	ekm, err := exporter(conn)
 	if err != nil {
-		return nil, codeRefused, err
+		return fail(err)
 	}
 	str, err := conn.OpenStreamSync(ctx)
 	if err != nil {
-		return nil, codeClosed, c.bindError(ctx, conn, err)
+		return fail(c.bindError(ctx, conn, err))
 	}
-	msg := AppendClientProof(make([]byte, 0, ClientProofLen), ClientProof{ID: id, MAC: proof(key, labelClient, ekm)})
-	if _, err := writeAll(ctx, str, msg); err != nil {
-		return nil, codeClosed, c.bindError(ctx, conn, err)
+	s := newSession(conn, str, ekm, c.cfg.Logger, c.cfg.IdleTimeout)
+	s.client = true
+	return s, nil
+}
+
+// forget drops an ended session from the map.
+func (c *Client) forget(s *session) {
+	c.smu.Lock()
+	if c.sessions[s.addr] == s {
+		delete(c.sessions, s.addr)
 	}
-	var buf [ServerProofLen]byte
-	if err := readFull(ctx, str, buf[:]); err != nil {
-		return nil, codeClosed, c.bindError(ctx, conn, err)
+	c.smu.Unlock()
+}
+
+// maybeEndIdle ends s if it still has no channel, so that an idle client holds no connection.
+func (c *Client) maybeEndIdle(s *session) {
+	c.smu.Lock()
+	s.mu.Lock()
+	idle := len(s.links) == 0 && len(s.pending) == 0 && !s.ended
+	if idle && c.sessions[s.addr] == s {
+		delete(c.sessions, s.addr)
 	}
-	mac, _, err := ParseServerProof(buf[:])
-	if err != nil {
-		return nil, codeBadProof, fmt.Errorf("%w: %w", ErrBadProof, err)
+	s.mu.Unlock()
+	c.smu.Unlock()
+	if idle {
+		s.end(codeClosed, ErrClosed)
 	}
-	want := proof(key, labelServer, ekm)
-	if !hmac.Equal(mac[:], want[:]) {
-		return nil, codeBadProof, ErrBadProof
-	}
-	return newChannel(id, conn, str, c.cfg.Logger, c.cfg.IdleTimeout), 0, nil
 }
 
 func (c *Client) bindError(ctx context.Context, conn *quic.Conn, err error) error {
@@ -144,13 +233,25 @@ func (c *Client) bindError(ctx context.Context, conn *quic.Conn, err error) erro
 	return fmt.Errorf("control: channel binding: %w", err)
 }
 
-// Close closes every channel dialed by c (each peer gets a CONNECTION_CLOSE),
-// then the transport and its socket. It is idempotent.
+// Close closes every channel dialed by c (each peer learns it), then the
+// sessions, the transport and its socket, and waits for the sessions'
+// goroutines. It is idempotent.
 func (c *Client) Close() error {
 	c.once.Do(func() {
 		c.chans.closeAll()
+		c.smu.Lock()
+		c.closed = true
+		all := make([]*session, 0, len(c.sessions))
+		for _, s := range c.sessions {
+			all = append(all, s)
+		}
+		c.smu.Unlock()
+		for _, s := range all {
+			s.end(codeClosed, ErrClosed)
+		}
 		c.tr.Close()
 		c.tr.Conn.Close()
+		c.wg.Wait()
 	})
 	return nil
 }

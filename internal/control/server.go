@@ -2,11 +2,11 @@ package control
 
 import (
 	"context"
-	"crypto/hmac"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -28,13 +28,14 @@ type ServerConfig struct {
 	Key func(id ID) (key []byte, ok bool)
 	// Logger receives debug and warning logs. Default nil: silent.
 	Logger *slog.Logger
-	// HandshakeTimeout bounds, per connection, the QUIC handshake's idle time
-	// and the time from the end of the QUIC handshake until the client's
-	// binding proof is verified and the channel is accepted. Default 5s.
+	// HandshakeTimeout bounds, per session, the QUIC handshake's idle time and
+	// the time from the end of the QUIC handshake until its first channel is
+	// bound; per channel, the time a verified channel waits for Accept (and, on
+	// the TCP fallback, for the client's proof). Default 5s.
 	HandshakeTimeout time.Duration
-	// MaxPending bounds the QUIC connections whose binding proof is still
-	// pending (or verified but not yet accepted); more are closed at once with
-	// error code "busy". Default 64.
+	// MaxPending bounds the QUIC connections (sessions) on which no channel
+	// has been bound yet; more are closed at once with error code "busy".
+	// Default 64.
 	MaxPending int
 	// IdleTimeout is the QUIC idle timeout, a safety net behind heartbeats:
 	// keep it well above Interval*Misses. Default 60s. The effective value is
@@ -67,18 +68,25 @@ func commonDefaults(log **slog.Logger, handshake, idle *time.Duration) {
 	}
 }
 
-// Server accepts control channels on a UDP socket.
+// Server accepts control channels on a UDP socket: one QUIC connection (a session) per
+// client process, carrying the channels of all its rocks.
 type Server struct {
-	cfg      ServerConfig
-	tr       *quic.Transport
-	ln       *quic.Listener
-	ctx      context.Context // cancelled by Close
-	cancel   context.CancelFunc
-	pending  chan struct{} // one token per pending handshake
-	accepted chan *Channel
-	chans    registry
-	wg       sync.WaitGroup // accept loop and handshakes
-	once     sync.Once
+	cfg     ServerConfig
+	tr      *quic.Transport
+	ln      *quic.Listener
+	ctx     context.Context // cancelled by Close
+	cancel  context.CancelFunc
+	pending chan struct{} // one token per session without a bound channel yet
+	chans   registry
+	wg      sync.WaitGroup // accept loop and handshakes
+	swg     sync.WaitGroup // session goroutines
+	once    sync.Once
+
+	mu       sync.Mutex
+	queue    []*Channel    // verified channels waiting for Accept
+	queued   chan struct{} // signalled when queue grows
+	sessions map[*session]struct{}
+	closed   bool
 }
 
 // Listen serves control channels on pc (the UDP twin of the rock's TCP port).
@@ -105,7 +113,8 @@ func Listen(pc net.PacketConn, cfg *ServerConfig) (*Server, error) {
 		ctx:      ctx,
 		cancel:   cancel,
 		pending:  make(chan struct{}, c.MaxPending),
-		accepted: make(chan *Channel),
+		queued:   make(chan struct{}, 1),
+		sessions: make(map[*session]struct{}),
 	}
 	s.wg.Add(1)
 	go s.acceptLoop()
@@ -117,29 +126,86 @@ func (s *Server) Addr() net.Addr { return s.tr.Conn.LocalAddr() }
 
 // Accept returns the next channel whose client proved the key of its ID.
 func (s *Server) Accept(ctx context.Context) (*Channel, error) {
-	select {
-	case ch := <-s.accepted:
-		return ch, nil
-	case <-s.ctx.Done():
-		return nil, ErrClosed
-	case <-ctx.Done():
-		return nil, ctxError("accept", ctx)
+	for {
+		s.mu.Lock()
+		if len(s.queue) > 0 {
+			ch := s.queue[0]
+			s.queue[0] = nil
+			s.queue = s.queue[1:]
+			s.mu.Unlock()
+			ch.acceptTimer.Stop()
+			return ch, nil
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.queued:
+		case <-s.ctx.Done():
+			return nil, ErrClosed
+		case <-ctx.Done():
+			return nil, ctxError("accept", ctx)
+		}
 	}
 }
 
+// offer registers a verified channel and queues it for Accept; a channel not accepted within
+// the handshake timeout is closed with code "busy".
+func (s *Server) offer(ch *Channel) {
+	if !s.chans.add(ch) {
+		ch.Close()
+		return
+	}
+	s.mu.Lock()
+	s.queue = append(s.queue, ch)
+	ch.acceptTimer = time.AfterFunc(s.cfg.HandshakeTimeout, func() {
+		s.mu.Lock()
+		i := slices.Index(s.queue, ch)
+		if i >= 0 {
+			s.queue = slices.Delete(s.queue, i, i+1)
+		}
+		s.mu.Unlock()
+		if i >= 0 {
+			s.cfg.Logger.Debug("control: channel not accepted in time", "id", ch.id)
+			ch.shutdown(codeBusy, "not accepted")
+		}
+	})
+	s.mu.Unlock()
+	select {
+	case s.queued <- struct{}{}:
+	default:
+	}
+	s.cfg.Logger.Debug("control: channel verified", "id", ch.id, "remote", ch.RemoteAddr(), "network", ch.Network())
+}
+
 // Close stops accepting, refuses pending handshakes, closes every channel it
-// accepted (each peer gets a CONNECTION_CLOSE) and the socket, and waits for
-// all goroutines. It is idempotent.
+// accepted (each peer learns it) and every session, then the socket, and waits
+// for all goroutines. It is idempotent.
 func (s *Server) Close() error {
 	s.once.Do(func() {
 		s.cancel()
 		s.ln.Close()
 		s.wg.Wait()
 		s.chans.closeAll()
+		s.mu.Lock()
+		s.closed = true
+		all := make([]*session, 0, len(s.sessions))
+		for ss := range s.sessions {
+			all = append(all, ss)
+		}
+		s.mu.Unlock()
+		for _, ss := range all {
+			ss.end(codeClosed, ErrClosed)
+		}
 		s.tr.Close()
 		s.tr.Conn.Close()
+		s.swg.Wait()
 	})
 	return nil
+}
+
+func (s *Server) forget(ss *session) {
+	s.mu.Lock()
+	delete(s.sessions, ss)
+	s.mu.Unlock()
 }
 
 func (s *Server) acceptLoop() {
@@ -160,69 +226,52 @@ func (s *Server) acceptLoop() {
 	}
 }
 
-// handshake verifies the client's binding proof on conn, answers with the
-// server's proof and hands the channel to Accept.
+// handshake waits for the client's session stream and starts the session. The session keeps
+// its pending token until its first channel is bound; one that binds none within the
+// handshake timeout is closed.
 func (s *Server) handshake(conn *quic.Conn) {
 	defer s.wg.Done()
-	defer func() { <-s.pending }()
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
-	ch, code, err := s.verify(ctx, conn)
-	if err != nil {
-		s.cfg.Logger.Debug("control: channel refused", "remote", conn.RemoteAddr(), "err", err)
+	fail := func(code quic.ApplicationErrorCode, err error) {
+		<-s.pending
+		s.cfg.Logger.Debug("control: session refused", "remote", conn.RemoteAddr(), "err", err)
 		conn.CloseWithError(code, "refused")
-		return
 	}
-	if !s.chans.add(ch) {
-		ch.Close()
-		return
-	}
-	select {
-	case s.accepted <- ch:
-		s.cfg.Logger.Debug("control: channel accepted", "id", ch.id, "remote", conn.RemoteAddr())
-	case <-ctx.Done():
-		s.cfg.Logger.Debug("control: channel not accepted in time", "id", ch.id)
-		ch.shutdown(codeBusy, "not accepted")
-	}
-}
-
-func (s *Server) verify(ctx context.Context, conn *quic.Conn) (*Channel, quic.ApplicationErrorCode, error) {
 	if !conn.ConnectionState().SupportsDatagrams.Remote {
-		return nil, codeRefused, errors.New("control: peer has no QUIC datagram support")
-	}
-	str, err := conn.AcceptStream(ctx)
-	if err != nil {
-		return nil, codeTimeout, fmt.Errorf("control: no control stream: %w", err)
-	}
-	var buf [ClientProofLen]byte
-	if err := readFull(ctx, str, buf[:]); err != nil {
-		return nil, codeTimeout, fmt.Errorf("control: no client proof: %w", err)
-	}
-	p, _, err := ParseClientProof(buf[:])
-	if err != nil {
-		return nil, codeRefused, err
+		fail(codeRefused, errors.New("control: peer has no QUIC datagram support"))
+		return
 	}
 	ekm, err := exporter(conn)
 	if err != nil {
-		return nil, codeRefused, err
+		fail(codeRefused, err)
+		return
 	}
-	var key []byte
-	ok := false
-	if s.cfg.Key != nil {
-		key, ok = s.cfg.Key(p.ID)
+	str, err := conn.AcceptStream(ctx)
+	if err != nil {
+		fail(codeTimeout, fmt.Errorf("control: no control stream: %w", err))
+		return
 	}
-	if !ok {
-		return nil, codeRefused, fmt.Errorf("control: unknown id %x", p.ID)
+	ss := newSession(conn, str, ekm, s.cfg.Logger, s.cfg.IdleTimeout)
+	ss.srv, ss.hasToken = s, true
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		fail(codeClosed, ErrClosed)
+		return
 	}
-	want := proof(key, labelClient, ekm)
-	if !hmac.Equal(p.MAC[:], want[:]) {
-		return nil, codeRefused, fmt.Errorf("control: wrong client proof for id %x", p.ID)
-	}
-	reply := AppendServerProof(make([]byte, 0, ServerProofLen), proof(key, labelServer, ekm))
-	if _, err := writeAll(ctx, str, reply); err != nil {
-		return nil, codeTimeout, fmt.Errorf("control: server proof: %w", err)
-	}
-	return newChannel(p.ID, conn, str, s.cfg.Logger, s.cfg.IdleTimeout), 0, nil
+	s.sessions[ss] = struct{}{}
+	ss.start(&s.swg)
+	s.mu.Unlock()
+	// A session that binds no channel in time gives its token back and ends.
+	time.AfterFunc(s.cfg.HandshakeTimeout, func() {
+		ss.mu.Lock()
+		unbound := ss.hasToken
+		ss.mu.Unlock()
+		if unbound {
+			ss.fail(codeTimeout, errors.New("control: no channel bound within the handshake timeout"))
+		}
+	})
 }
 
 // registry is the set of live channels of a Server or Client, closed by its Close.

@@ -11,8 +11,9 @@ import (
 // ("rockudp-ctl/1") and repeated in the first byte of every message, so a
 // parser can reject anything it does not understand.
 const (
-	// ALPN is the TLS application protocol of the control channel.
-	ALPN = "rockudp-ctl/1"
+	// ALPN is the TLS application protocol of a control session (version 2: channels
+	// multiplexed on one connection).
+	ALPN = "rockudp-ctl/2"
 
 	// Version is the version byte of the binding proofs.
 	Version = 1
@@ -25,9 +26,6 @@ const (
 
 	// MACLen is the size of a binding proof MAC (HMAC-SHA256).
 	MACLen = 32
-
-	// ClientProofLen is the size of the client's binding proof: version + ID + MAC.
-	ClientProofLen = 1 + 16 + MACLen
 
 	// ServerProofLen is the size of the server's binding proof: version + MAC.
 	ServerProofLen = 1 + MACLen
@@ -91,30 +89,6 @@ func ParseHeartbeat(b []byte) (consumed uint64, n int, err error) {
 		return 0, 0, err
 	}
 	return binary.BigEndian.Uint64(b[1:HeartbeatLen]), HeartbeatLen, nil
-}
-
-// ClientProof is the first message of the control stream, sent by the client:
-// the rock's connection ID and HMAC-SHA256(key, label_client || exporter).
-type ClientProof struct {
-	ID  ID
-	MAC [MACLen]byte
-}
-
-// AppendClientProof appends p to b (ClientProofLen bytes).
-func AppendClientProof(b []byte, p ClientProof) []byte {
-	b = append(b, Version)
-	b = append(b, p.ID[:]...)
-	return append(b, p.MAC[:]...)
-}
-
-// ParseClientProof parses a client proof at the start of b.
-func ParseClientProof(b []byte) (p ClientProof, n int, err error) {
-	if err := checkFixed(b, "client proof", Version, ClientProofLen); err != nil {
-		return p, 0, err
-	}
-	copy(p.ID[:], b[1:17])
-	copy(p.MAC[:], b[17:ClientProofLen])
-	return p, ClientProofLen, nil
 }
 
 // AppendServerProof appends the server's reply, HMAC-SHA256(key, label_server

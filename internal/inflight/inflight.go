@@ -22,6 +22,10 @@ type Buffer struct {
 	base   uint64             // position of chunks[0][0]
 }
 
+// At returns an empty buffer at position pos: the first byte appended is at pos. It serves a
+// stream that carries on from a saved state.
+func At(pos uint64) Buffer { return Buffer{start: pos, end: pos, base: pos} }
+
 // Start returns the position of the oldest byte still held.
 func (b *Buffer) Start() uint64 { return b.start }
 

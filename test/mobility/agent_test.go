@@ -177,19 +177,27 @@ func (a *agent) run(role, addr, alternates string, rate int) error {
 	default:
 		return fmt.Errorf("agent: unknown role %q", role)
 	}
-	a.print(line{Ev: evConnected, Local: c.LocalAddr().String(), Remote: c.RemoteAddr().String()})
+	return a.stream(c, sendSeed, recvSeed, rate, role == "server")
+}
 
+// stream streams over the connected rock c until stopped, prints the done line, closes the
+// rock and waits for its end.
+func (a *agent) stream(c *tcprocks.Conn, sendSeed, recvSeed string, rate int, server bool) error {
+	a.print(line{Ev: evConnected, Local: c.LocalAddr().String(), Remote: c.RemoteAddr().String()})
 	go a.commands(os.Stdin)
 	progressDone := make(chan struct{})
 	go a.progress(progressDone)
-
-	var wg sync.WaitGroup
-	var sendErr, recvErr error
-	var sendSum, recvSum hash.Hash
-	var verified, mismatch int64
-	wg.Go(func() { sendSum, sendErr = a.send(c, sendSeed, rate) })
-	wg.Go(func() { recvSum, verified, mismatch, recvErr = a.receive(c, recvSeed) })
-	wg.Wait()
+	var (
+		sendSum hash.Hash
+		sendErr error
+		sent    = make(chan struct{})
+	)
+	go func() {
+		defer close(sent)
+		sendSum, sendErr = a.send(c, sendSeed, rate)
+	}()
+	recvSum, verified, mismatch, recvErr := a.receive(c, recvSeed)
+	<-sent
 	close(progressDone)
 	if err := errors.Join(sendErr, recvErr); err != nil {
 		c.Close()
@@ -209,7 +217,7 @@ func (a *agent) run(role, addr, alternates string, rate int) error {
 	if cause := *a.closeErr.Load(); cause != "" {
 		return fmt.Errorf("agent: rock closed with an error: %s", cause)
 	}
-	if role == "server" {
+	if server {
 		// A server stays up after its rock has closed, as servers do: its listener answers
 		// a client that comes back to finish its own close (see finish in harness_test.go).
 		<-a.eof

@@ -188,6 +188,37 @@ func TestMobility(t *testing.T) {
 		row(netlab.Row{Scenario: "9. control: plain TCP in scenario 3", Notes: control})
 	})
 
+	t.Run("6-udp-blocked", func(t *testing.T) {
+		t.Parallel()
+		w := newWorld(t, true)
+		p := startPair(t, w.server, w.client, serverAddr, rate)
+		// The client moves to a network that drops every UDP datagram: after the
+		// reconnection its control channel's QUIC handshake cannot complete, and the
+		// control channel falls back to a second TCP connection.
+		old, moved := w.clientLink.Prefixes()[0], netip.MustParsePrefix("192.0.2.130/25")
+		move := p.inject(outage{fault: func() error {
+			if err := w.clientLink.BlockUDP(true); err != nil {
+				return err
+			}
+			return w.clientLink.ChangeAddr(old, moved)
+		}})
+		// Time for the control channel: a QUIC attempt (1 s), then TCP.
+		for range 3 {
+			p.flowing()
+		}
+		// Then the client stops on that network. Its kernel keeps acknowledging the server's
+		// data, so the data path looks healthy: only the control channel's heartbeats, which
+		// now travel over TCP, can reveal it.
+		stop := p.inject(outage{
+			fault:        func() error { return p.cli.signal(syscall.SIGSTOP) },
+			hold:         10 * time.Second,
+			restore:      func() error { return p.cli.signal(syscall.SIGCONT) },
+			detectWithin: true,
+		})
+		add("6a. move to a network that drops UDP (control channel falls back to TCP)", move, 0)
+		add("6b. UDP blocked: client stopped (SIGSTOP) 10 s, detected over the TCP control channel", stop, p.finish(2*time.Minute))
+	})
+
 	t.Run("7-ipv4-to-ipv6", func(t *testing.T) {
 		t.Parallel()
 		w := newWorld(t, true)

@@ -1,0 +1,74 @@
+//go:build linux
+
+package tcprocks
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/rockudp/rockudp/callbacks"
+)
+
+// silentPort makes connects to addr hang, as they do to a host that has gone: a listening
+// socket with a backlog of 0 whose one queue slot is taken, so the kernel drops every further
+// SYN. It is closed at the end of the test.
+func silentPort(t *testing.T, addr string) {
+	t.Helper()
+	ap := netip.MustParseAddrPort(addr)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+		t.Fatalf("taking %s: %v", addr, err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	// Fill the queue until a connect times out.
+	for i := 0; ; i++ {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			return
+		}
+		t.Cleanup(func() { c.Close() })
+		if i == 10 {
+			t.Fatalf("%s still accepts connections", addr)
+		}
+	}
+}
+
+// TestDeadLastAddress: the peer moved and its old address swallows connects. The rock must
+// not spend its resume timeout on the old address before it tries the alternate: connects
+// to the targets race (Happy Eyeballs), so it resumes long before ResumeTimeout.
+func TestDeadLastAddress(t *testing.T) {
+	srvCfg, cliCfg := relayConfigs(t)
+	cliCfg.ResumeTimeout = 60 * time.Second
+	l := listen(t, srvCfg)
+	r1 := newRelay(t, l)
+	var evs eventLog
+	cliCfg.Handler = &evs
+	c, s := pair(t, l, r1.Addr().String(), cliCfg)
+	waitFor(t, "control channel", func() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.ch != nil })
+	echo(t, c, s, []byte("one"))
+	c.SetAlternates(l.Addr().String())
+	old := r1.Addr().String()
+	r1.Close()
+	silentPort(t, old)
+	start := time.Now()
+	waitForLong(t, "resumption at the alternate", 2*cliCfg.ResumeTimeout, func() bool { return evs.count(callbacks.Resumed) == 1 })
+	took := time.Since(start)
+	echo(t, c, s, []byte("two"))
+	t.Logf("resumed at the alternate %v after the old address went silent (resume timeout %v)", took.Round(time.Millisecond), cliCfg.ResumeTimeout)
+	if took >= cliCfg.ResumeTimeout/2 {
+		t.Fatalf("took %v: the dead address held the attempt for most of the resume timeout (%v)", took, cliCfg.ResumeTimeout)
+	}
+}

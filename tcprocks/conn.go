@@ -295,12 +295,13 @@ func (c *Conn) checkData() {
 	if c.state != Connected || c.wconn == nil {
 		return
 	}
-	if c.readers == 0 && connBroken(c.wconn) {
+	broken, stall := sockState(c.wconn) // one TCP_INFO read per rock and interval
+	if c.readers == 0 && broken {
 		c.suspend(errDataBroken)
 		return
 	}
 	limit := c.policy.HeartbeatInterval * time.Duration(c.policy.MissedHeartbeats)
-	if d := dataStall(c.wconn); d > limit {
+	if d := stall; d > limit {
 		c.suspend(fmt.Errorf("%w: no TCP acknowledgement for %v", errDataStalled, d))
 	}
 }

@@ -27,12 +27,19 @@ func tcpInfo(c net.Conn) (ti *unix.TCPInfo, ok bool, err error) {
 	return ti, true, err
 }
 
-// connBroken reports whether the kernel says the TCP connection under c no longer carries
-// data both ways (the peer sent FIN or RST, or the connection is closed). It lets an idle rock
-// notice a failed data connection without a goroutine blocked in Read.
-func connBroken(c net.Conn) bool {
+// sockState reads TCP_INFO once. broken: the kernel says the TCP connection under c no
+// longer carries data both ways (the peer sent FIN or RST, or it is closed), which lets an
+// idle rock notice a failed data connection without a goroutine blocked in Read. stall: as
+// dataStall.
+func sockState(c net.Conn) (broken bool, stall time.Duration) {
 	ti, ok, err := tcpInfo(c)
-	return ok && (err != nil || ti.State != unix.BPF_TCP_ESTABLISHED)
+	switch {
+	case !ok:
+		return false, 0
+	case err != nil:
+		return true, 0
+	}
+	return ti.State != unix.BPF_TCP_ESTABLISHED, stallOf(ti)
 }
 
 // dataStall reports how long the TCP connection under c has held unacknowledged data without

@@ -180,15 +180,7 @@ func (c *Conn) reconnectLoop() {
 		targets := c.targets()
 		since, p := c.suspendedAt, c.policy
 		c.unlock()
-		if loc := c.cfg.Locator; loc != nil {
-			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.ResumeTimeout)
-			found, err := loc.Locate(ctx, callbacks.Query{ID: c.id, Dialed: c.dialed, Last: targets[0], Name: c.peerName})
-			cancel()
-			if err != nil {
-				c.cfg.Logger.Debug("tcprocks: locator", "err", err)
-			}
-			targets = appendNew(targets, found...)
-		}
+		targets = appendNew(targets, c.locate(c.ctx)...)
 		// Race the targets (raceConnect); a target whose connect failed had no answer this
 		// round, and the one that connected gave its answer: try the others again.
 		for pending := slices.Clone(targets); len(pending) > 0; {
@@ -256,6 +248,27 @@ func (c *Conn) reconnectLoop() {
 	}
 }
 
+// locate asks the Locator (dialing side; none: nil) where the peer is now.
+func (c *Conn) locate(ctx context.Context) []string {
+	loc := c.cfg.Locator
+	if loc == nil {
+		return nil
+	}
+	c.mu.Lock()
+	q := callbacks.Query{ID: c.id, Dialed: c.dialed, Name: c.peerName}
+	if c.raddr != nil {
+		q.Last = c.raddr.String()
+	}
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.ResumeTimeout)
+	defer cancel()
+	found, err := loc.Locate(ctx, q)
+	if err != nil {
+		c.cfg.Logger.Debug("tcprocks: locator", "err", err)
+	}
+	return found
+}
+
 // targets returns the addresses to try, in order, without duplicates. Under mu.
 func (c *Conn) targets() []string {
 	t := []string{}
@@ -288,12 +301,17 @@ outer:
 // timeout.
 const raceStagger = 250 * time.Millisecond
 
+// raceRefresh is how often a resume attempt whose connects all hang asks the Locator again:
+// the peer may have registered its new address since the attempt began.
+const raceRefresh = time.Second
+
 // raceConnect connects to the first of targets that accepts: it starts with targets[0] and
 // starts the next one every raceStagger while none has connected, or at once when one fails.
-// It returns the connection and its target, closing the losers, or, when none connected,
-// the targets whose connect failed and their errors. started is called (on this goroutine)
-// as each connect begins.
-func (c *Conn) raceConnect(ctx context.Context, network string, targets []string, started func(string)) (conn net.Conn, won string, failed []string, err error) {
+// Once every target has been started and none has connected, it asks more (if not nil) for
+// further targets every raceRefresh and races those too. It returns the connection and its
+// target, closing the losers, or, when none connected, the targets whose connect failed and
+// their errors. started is called (on this goroutine) as each connect begins.
+func (c *Conn) raceConnect(ctx context.Context, network string, targets []string, started func(string), more func(context.Context) []string) (conn net.Conn, won string, failed []string, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	nd := c.cfg.NetDialer
@@ -305,7 +323,8 @@ func (c *Conn) raceConnect(ctx context.Context, network string, targets []string
 		target string
 		err    error
 	}
-	results := make(chan result, len(targets)) // buffered: no connect goroutine ever blocks
+	targets = slices.Clone(targets)
+	results := make(chan result, 8)
 	next, running := 0, 0
 	start := func() {
 		t := targets[next]
@@ -320,6 +339,7 @@ func (c *Conn) raceConnect(ctx context.Context, network string, targets []string
 	start()
 	timer := time.NewTimer(raceStagger)
 	defer timer.Stop()
+	var found chan []string // a Locator query in flight
 	var errs []error
 	for running > 0 {
 		select {
@@ -341,9 +361,22 @@ func (c *Conn) raceConnect(ctx context.Context, network string, targets []string
 				timer.Reset(raceStagger)
 			}
 		case <-timer.C:
+			switch {
+			case next < len(targets):
+				start()
+				timer.Reset(raceStagger)
+			case more != nil && found == nil:
+				found = make(chan []string, 1)
+				go func() { found <- more(ctx) }()
+			}
+		case addrs := <-found:
+			found = nil
+			targets = appendNew(targets, addrs...)
 			if next < len(targets) {
 				start()
 				timer.Reset(raceStagger)
+			} else {
+				timer.Reset(raceRefresh)
 			}
 		}
 	}
@@ -394,7 +427,7 @@ func (c *Conn) tryResume(targets []string, attempt *int) (won string, failed []s
 			c.mu.Lock()
 			c.emit(callbacks.Event{Kind: callbacks.Reconnecting, Attempt: *attempt, Target: t})
 			c.unlock()
-		})
+		}, c.locate)
 		won, failed = t, append(failed, f...)
 		return conn, err
 	}

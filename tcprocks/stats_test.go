@@ -71,7 +71,7 @@ func TestBadNames(t *testing.T) {
 	for range 5 {
 		long += "a123456789012345678901234567890123456789012345678901234567890." // 5 × 62
 	}
-	for _, name := range []string{"-a.example", "a-.example", "a..example", "a.example.", "a b", "é.example", long[:len(long)-1]} {
+	for _, name := range []string{"-a.example", "a-.example", "a..example", "a.example..", ".", "a b", "é.example", long[:len(long)-1]} {
 		if err := checkName(name); err == nil {
 			t.Errorf("%q accepted", name)
 		}
@@ -82,7 +82,7 @@ func TestBadNames(t *testing.T) {
 			t.Errorf("Dial with name %q: no error", name)
 		}
 	}
-	for _, name := range []string{"a", "A-1.example", "_rocks._tcp.example", long[:253]} {
+	for _, name := range []string{"a", "A-1.example", "server.roam.test.", "_rocks._tcp.example", long[:253]} {
 		if err := checkName(name); err != nil && len(name) <= MaxNameLen {
 			t.Errorf("%q refused: %v", name, err)
 		}

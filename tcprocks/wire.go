@@ -188,6 +188,9 @@ func checkName(name string) error {
 	if len(name) > MaxNameLen {
 		return fmt.Errorf("tcprocks: name of %d bytes (at most %d)", len(name), MaxNameLen)
 	}
+	if len(name) > 1 && name[len(name)-1] == '.' {
+		name = name[:len(name)-1] // fully qualified: "server.example.org."
+	}
 	label := 0
 	for i := 0; i <= len(name); i++ {
 		if i == len(name) || name[i] == '.' {

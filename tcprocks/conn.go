@@ -126,6 +126,7 @@ type Conn struct {
 	suspensions  int                // how many times the rock suspended
 	lastDowntime time.Duration      // length of the last suspension that ended
 	bufHeld      int                // buf.Len() as last counted into lst.inflight
+	dataTimer    *time.Timer        // watchData's; nil once finished
 	dialCancel   context.CancelFunc // client: aborts the connect of a resume attempt
 	dialStart    time.Time          // when that connect began
 	resetBackoff bool               // client: a network change asks for an immediate retry
@@ -270,22 +271,29 @@ func (c *Conn) install(conn net.Conn) {
 
 // watchData checks the data connection at every heartbeat interval, from the rock's own timer:
 // heartbeats prove only the control path, which may migrate to a new address (or be absent
-// after a resumption) while the data connection is dead. It runs until the rock finishes.
+// after a resumption) while the data connection is dead. It runs until the rock finishes, on
+// a timer rather than a goroutine of its own: an idle rock then costs no goroutine stack for
+// it (at 10,000 rocks, megabytes).
 func (c *Conn) watchData() {
-	t := time.NewTimer(c.Policy().HeartbeatInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.ctx.Done():
-			return
-		case <-t.C:
-		}
-		c.mu.Lock()
-		c.checkData()
-		d := c.policy.HeartbeatInterval
-		c.unlock()
-		t.Reset(d)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.finished {
+		c.dataTimer = time.AfterFunc(c.policy.HeartbeatInterval, c.onDataTimer)
 	}
+}
+
+// onDataTimer is watchData's check.
+func (c *Conn) onDataTimer() {
+	c.mu.Lock()
+	if c.finished || c.dataTimer == nil {
+		c.unlock()
+		return
+	}
+	c.checkData()
+	if !c.finished {
+		c.dataTimer.Reset(c.policy.HeartbeatInterval)
+	}
+	c.unlock()
 }
 
 // checkData suspends a connected rock whose data connection the kernel reports closed, or
@@ -411,6 +419,10 @@ func (c *Conn) finish(err error) {
 	if c.chCancel != nil {
 		c.chCancel()
 		c.chCancel = nil
+	}
+	if c.dataTimer != nil {
+		c.dataTimer.Stop()
+		c.dataTimer = nil
 	}
 	c.cancel()
 	unwatch := c.netUnwatch

@@ -137,7 +137,7 @@ func confirmInit(ctx context.Context, conn net.Conn, cfg *Config, k keys, m init
 
 // start starts the goroutines of a new connected rock. Nothing else may use it yet.
 func (c *Conn) start() {
-	c.wg.Go(c.watchData)
+	c.watchData()
 	c.watchNetwork()
 	c.mu.Lock()
 	c.dialControl()

@@ -383,7 +383,7 @@ func revive(s *rockState, cfg *Config, l *Listener) *Conn {
 		c.wg.Go(c.reconnectLoop)
 	}
 	c.mu.Unlock()
-	c.wg.Go(c.watchData)
+	c.watchData()
 	c.watchNetwork()
 	return c
 }

@@ -61,6 +61,7 @@ Start with "rockudp demo".`,
 		newConnectCmd(g),
 		newTunnelCmd(g),
 		newStatusCmd(g),
+		newBenchCmd(g),
 	)
 	return root
 }

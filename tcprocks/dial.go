@@ -305,12 +305,23 @@ const raceStagger = 250 * time.Millisecond
 // the peer may have registered its new address since the attempt began.
 const raceRefresh = time.Second
 
+// raceRedial is how often a resume attempt sends a fresh SYN to a target whose connect
+// hangs: after a silent outage (packets dropped, no network event) the old connect would wait
+// for the kernel's SYN retransmission (1 s, 3 s, 7 s after it began), so a new connect,
+// whose SYN leaves at once, finds the path sooner. At most raceMaxPending connects per target
+// are kept; the oldest gives way.
+const (
+	raceRedial     = 400 * time.Millisecond
+	raceMaxPending = 2
+)
+
 // raceConnect connects to the first of targets that accepts: it starts with targets[0] and
 // starts the next one every raceStagger while none has connected, or at once when one fails.
-// Once every target has been started and none has connected, it asks more (if not nil) for
-// further targets every raceRefresh and races those too. It returns the connection and its
-// target, closing the losers, or, when none connected, the targets whose connect failed and
-// their errors. started is called (on this goroutine) as each connect begins.
+// Once every target has been started and none has connected, it re-dials the targets whose
+// connects hang every raceRedial and asks more (if not nil) for further targets every
+// raceRefresh, racing those too. It returns the connection and its target, closing the
+// losers, or, when none connected, the targets whose connect failed and their errors.
+// started is called (on this goroutine) as each connect begins.
 func (c *Conn) raceConnect(ctx context.Context, network string, targets []string, started func(string), more func(context.Context) []string) (conn net.Conn, won string, failed []string, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -319,32 +330,59 @@ func (c *Conn) raceConnect(ctx context.Context, network string, targets []string
 		nd = &net.Dialer{}
 	}
 	type result struct {
+		id     int
 		conn   net.Conn
 		target string
 		err    error
 	}
+	type dial struct {
+		id     int
+		cancel context.CancelFunc
+		at     time.Time
+	}
 	targets = slices.Clone(targets)
 	results := make(chan result, 8)
-	next, running := 0, 0
-	start := func() {
-		t := targets[next]
-		next++
+	pending := make(map[string][]dial) // the running connects of each target, oldest first
+	given := make(map[int]bool)        // connects cancelled to make room: not an answer
+	next, running, ids := 0, 0, 0
+	dialTarget := func(t string) {
+		ids++
+		id := ids
+		cctx, ccancel := context.WithCancel(ctx)
+		if ds := pending[t]; len(ds) >= raceMaxPending {
+			ds[0].cancel()
+			given[ds[0].id] = true
+			pending[t] = ds[1:]
+		}
+		pending[t] = append(pending[t], dial{id, ccancel, time.Now()})
 		running++
 		started(t)
 		go func() {
-			conn, err := nd.DialContext(ctx, network, t)
-			results <- result{conn, t, err}
+			conn, err := nd.DialContext(cctx, network, t)
+			results <- result{id, conn, t, err}
 		}()
+	}
+	start := func() {
+		next++
+		dialTarget(targets[next-1])
 	}
 	start()
 	timer := time.NewTimer(raceStagger)
 	defer timer.Stop()
 	var found chan []string // a Locator query in flight
+	var located time.Time   // when the last one began
 	var errs []error
 	for running > 0 {
 		select {
 		case r := <-results:
 			running--
+			pending[r.target] = slices.DeleteFunc(pending[r.target], func(d dial) bool {
+				if d.id == r.id {
+					d.cancel()
+					return true
+				}
+				return false
+			})
 			if r.err == nil {
 				cancel()
 				for range running { // the losers return at once: their context is cancelled
@@ -354,29 +392,43 @@ func (c *Conn) raceConnect(ctx context.Context, network string, targets []string
 				}
 				return r.conn, r.target, failed, nil
 			}
-			failed = append(failed, r.target)
+			if given[r.id] {
+				delete(given, r.id)
+				continue
+			}
+			if len(pending[r.target]) == 0 {
+				failed = append(failed, r.target)
+			}
 			errs = append(errs, fmt.Errorf("%s: %w", r.target, r.err))
 			if next < len(targets) {
 				start()
 				timer.Reset(raceStagger)
 			}
 		case <-timer.C:
-			switch {
-			case next < len(targets):
+			if ctx.Err() != nil {
+				continue // the attempt is over: the connects are returning
+			}
+			if next < len(targets) {
 				start()
 				timer.Reset(raceStagger)
-			case more != nil && found == nil:
-				found = make(chan []string, 1)
+				continue
+			}
+			for _, t := range targets {
+				if ds := pending[t]; len(ds) > 0 && time.Since(ds[len(ds)-1].at) >= raceRedial {
+					dialTarget(t)
+				}
+			}
+			if more != nil && found == nil && time.Since(located) >= raceRefresh {
+				found, located = make(chan []string, 1), time.Now()
 				go func() { found <- more(ctx) }()
 			}
+			timer.Reset(raceRedial)
 		case addrs := <-found:
 			found = nil
 			targets = appendNew(targets, addrs...)
 			if next < len(targets) {
 				start()
 				timer.Reset(raceStagger)
-			} else {
-				timer.Reset(raceRefresh)
 			}
 		}
 	}

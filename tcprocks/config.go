@@ -117,7 +117,9 @@ type Config struct {
 	// NetDialer (dialing side) makes the TCP connections; nil = a zero net.Dialer.
 	NetDialer *net.Dialer
 	// ControlClient (dialing side) dials control channels; nil = one client shared by the
-	// process, created on first use and never closed.
+	// process, created on first use and never closed. Close a client of your own only after
+	// its rocks have finished (Conn.Close and the Closed event): closing it earlier takes the
+	// control channels of rocks still closing, which then suspend and finish by reconnecting.
 	ControlClient *control.Client
 	// ControlConn (listener) is the UDP socket for the control server; nil = a new one on the
 	// TCP listener's IP address and port number.

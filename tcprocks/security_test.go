@@ -9,6 +9,7 @@ import (
 
 	"github.com/rockudp/rockudp/callbacks"
 	"github.com/rockudp/rockudp/edp"
+	"github.com/rockudp/rockudp/internal/testport"
 )
 
 // rawResume sends a RESUME hello for req to addr and returns the server's answer and the
@@ -151,7 +152,8 @@ func TestReconnectTimeout(t *testing.T) {
 func TestPeerLost(t *testing.T) {
 	srvCfg, cliCfg := testConfigs(t)
 	cliCfg.Policy.RefusalGrace = 300 * time.Millisecond
-	l, err := Listen("tcp", "127.0.0.1:0", srvCfg)
+	// A port below the ephemeral range, so that no other socket takes it while it is free.
+	l, err := Listen("tcp", testport.Addr(t), srvCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +168,7 @@ func TestPeerLost(t *testing.T) {
 	waitListener(t, l)
 	l2, err := Listen("tcp", addr, srvCfg)
 	if err != nil {
-		t.Skipf("port taken meanwhile: %v", err)
+		t.Fatalf("listening again on %s: %v", addr, err)
 	}
 	t.Cleanup(func() { l2.Close(); waitListener(t, l2) })
 	_, err = c.Read(make([]byte, 1))

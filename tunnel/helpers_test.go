@@ -15,6 +15,7 @@ import (
 	"github.com/rockudp/rockudp/edp"
 	"github.com/rockudp/rockudp/internal/control"
 	"github.com/rockudp/rockudp/internal/relay"
+	"github.com/rockudp/rockudp/internal/testwait"
 	"github.com/rockudp/rockudp/tcprocks"
 )
 
@@ -290,13 +291,12 @@ func roundTrip(t testing.TB, src *net.UDPConn, to net.Addr, b []byte) []byte {
 // waitFor polls cond until it is true or 30 s pass.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	testwait.Within(t, 30*time.Second, what, func() error {
+		if !cond() {
+			return errors.New("not yet")
 		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // logBuffer is a concurrency-safe log sink.

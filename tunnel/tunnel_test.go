@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rockudp/rockudp/internal/testport"
 )
 
 // TestEcho carries datagrams of every size class, up to the largest IPv4
@@ -411,12 +413,8 @@ func TestWildcardReplySource(t *testing.T) {
 // are lost (ICMP errors are absorbed, sends that fail are counted); once the
 // service is up the same flow works.
 func TestServiceDown(t *testing.T) {
-	probe, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	to := probe.LocalAddr().(*net.UDPAddr)
-	probe.Close()
+	// A port below the ephemeral range: no socket of another test takes it meanwhile.
+	to := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: testport.Free(t)}
 	a, b := net.Pipe()
 	uc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -444,7 +442,7 @@ func TestServiceDown(t *testing.T) {
 	})
 	svc, err := net.ListenUDP("udp", to)
 	if err != nil {
-		t.Skipf("the port was taken meanwhile: %v", err)
+		t.Fatalf("the service's port: %v", err)
 	}
 	var wg sync.WaitGroup
 	wg.Add(1)

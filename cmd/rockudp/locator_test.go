@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/rockudp/rockudp/internal/testport"
+	"github.com/rockudp/rockudp/internal/testwait"
 	"github.com/rockudp/rockudp/locator"
 )
 
@@ -25,7 +27,10 @@ func freePort(t *testing.T) string {
 func TestLocatorServeRegisterLookup(t *testing.T) {
 	addr := freePort(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb bytes.Buffer
+	var (
+		out  bytes.Buffer
+		errb syncBuffer // read while the command writes
+	)
 	root := newRootCmd(&out, &errb)
 	root.SetArgs([]string{"locator", "serve", "--listen", addr, "--zone", "roam.test.", "--tsig-key", testKey})
 	done := make(chan error, 1)
@@ -37,17 +42,13 @@ func TestLocatorServeRegisterLookup(t *testing.T) {
 		}
 	})
 	// Wait until it answers.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testwait.For(t, "locator serve to answer", func() error {
 		_, err := locator.Lookup(context.Background(), &locator.Config{Server: addr, Timeout: 200 * time.Millisecond}, "x.roam.test.")
-		if err == nil {
-			break
+		if err != nil {
+			return fmt.Errorf("%w (stderr %q)", err, errb.String())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("serve never answered: %v (stderr %q)", err, errb.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	got, _, err := run(t, "locator", "register", "--server", addr, "--zone", "roam.test.", "--name", "laptop.roam.test.",
 		"--port", "7000", "--addr", "192.0.2.7", "--addr", "2001:db8::7", "--tsig-key", testKey)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rockudp/rockudp/internal/relay"
+	"github.com/rockudp/rockudp/internal/testwait"
 	"github.com/rockudp/rockudp/locator"
 )
 
@@ -32,17 +34,16 @@ func startLocatorServer(t *testing.T) string {
 // waitLookup waits until name has addresses at dns and returns them.
 func waitLookup(t *testing.T, dns, name string) []string {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got, err := locator.Lookup(context.Background(), &locator.Config{Server: dns}, name)
-		if err == nil && len(got) > 0 {
-			return got
+	var got []string
+	testwait.For(t, name+" registered at "+dns, func() error {
+		var err error
+		got, err = locator.Lookup(context.Background(), &locator.Config{Server: dns}, name)
+		if err == nil && len(got) == 0 {
+			err = errors.New("no addresses")
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never registered at %s: %v", name, dns, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err
+	})
+	return got
 }
 
 // TestServeRegisterConnectLocate: the client reaches the server through a relay (the

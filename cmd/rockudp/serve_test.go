@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rockudp/rockudp/internal/testwait"
 )
 
 // echoService is a TCP service that echoes every connection until EOF.
@@ -88,17 +90,12 @@ func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 // waitDial dials addr until it answers.
 func waitDial(t *testing.T, addr string) net.Conn {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			return c
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never answered: %v", addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var c net.Conn
+	testwait.For(t, addr+" to answer", func() (err error) {
+		c, err = net.Dial("tcp", addr)
+		return err
+	})
+	return c
 }
 
 func writeKey(t *testing.T) string {
@@ -131,18 +128,14 @@ func TestServeConnect(t *testing.T) {
 	}
 	// The server's metrics count the rock and, once the join ends, its bytes.
 	want := fmt.Sprintf(`rockudp_forwarded_bytes_total{direction="from_rock"} %d`, len(msg))
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testwait.For(t, "the server's metrics", func() error {
 		page := scrape(t, met)
 		if strings.Contains(page, want) && strings.Contains(page, "rockudp_rocks_open") &&
 			strings.Contains(page, "go_goroutines") {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("metrics lack %q:\n%s", want, page)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return fmt.Errorf("metrics lack %q:\n%s", want, page)
+	})
 }
 
 // scrape fetches http://addr/metrics.
@@ -289,13 +282,12 @@ func TestServeStateDirBadState(t *testing.T) {
 	os.WriteFile(garbage, []byte("not a rock"), 0o600)
 	srv := freePort(t)
 	out := background(t, "serve", "--listen", srv, "--to", echoService(t), "--no-auth", "--state-dir", dir)
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(out.String(), "(0 rocks imported)") {
-		if time.Now().After(deadline) {
-			t.Fatalf("serve printed %q", out.String())
+	testwait.For(t, "serve to start", func() error {
+		if !strings.Contains(out.String(), "(0 rocks imported)") {
+			return fmt.Errorf("serve printed %q", out.String())
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	if _, err := os.Stat(garbage + ".failed"); err != nil {
 		t.Fatalf("the bad state was not set aside: %v", err)
 	}

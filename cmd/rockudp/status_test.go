@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -10,7 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/rockudp/rockudp/internal/testwait"
 )
 
 // statusOf runs "status --json" and decodes it.
@@ -51,17 +53,13 @@ func TestStatus(t *testing.T) {
 	}
 
 	var procs []processStatus
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testwait.For(t, "status to show two processes with a rock each", func() error {
 		procs = statusJSON(t)
 		if len(procs) == 2 && len(procs[0].Rocks) == 1 && len(procs[1].Rocks) == 1 {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("status never showed two processes with a rock each: %+v", procs)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return fmt.Errorf("status shows %+v", procs)
+	})
 	roles := map[string]rockStatus{}
 	for _, p := range procs {
 		if p.PID != os.Getpid() {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/rockudp/rockudp/internal/testwait"
 	"go.uber.org/goleak"
 )
 
@@ -201,16 +202,15 @@ func TestChannelVerifiedHeartbeats(t *testing.T) {
 	cr.until(t, "server's new count", func(r *recorder) bool { return r.peer == 333 && r.beats >= 3 })
 }
 
-// pollUntil polls cond every millisecond until it holds, or fails the test.
+// pollUntil polls cond until it holds, or fails the test.
 func pollUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	testwait.Within(t, wait, what, func() error {
+		if !cond() {
+			return errors.New("not yet")
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestSetPolicy(t *testing.T) {

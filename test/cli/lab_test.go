@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rockudp/rockudp/internal/testwait"
 	"github.com/rockudp/rockudp/test/netlab"
 )
 
@@ -146,16 +147,14 @@ func (w *world) recovery(t *testing.T, scenario string, fault, restored time.Tim
 // waitEvents waits until logs() holds at least n events msg and returns them.
 func waitEvents(t *testing.T, logs func() string, msg string, n int, timeout time.Duration) []logEvent {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if ev := events(logs(), msg); len(ev) >= n {
-			return ev
+	var ev []logEvent
+	testwait.Within(t, timeout, fmt.Sprintf("%d %q events", n, msg), func() error {
+		if ev = events(logs(), msg); len(ev) < n {
+			return fmt.Errorf("%d so far:\n%s", len(ev), logs())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q event within %v:\n%s", msg, timeout, logs())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
+	return ev
 }
 
 // TestSSHProxyCommand: OpenSSH through "rockudp connect --stdio" as its ProxyCommand; the

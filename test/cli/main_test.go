@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rockudp/rockudp/internal/testwait"
 	"github.com/rockudp/rockudp/test/netlab"
 	"go.uber.org/goleak"
 )
@@ -157,18 +158,17 @@ func (d *daemon) stop() error {
 // waitFor waits until the output contains s.
 func (d *daemon) waitFor(s string, timeout time.Duration) {
 	d.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !strings.Contains(d.out.String(), s) {
+	testwait.Within(d.t, timeout, fmt.Sprintf("%s to print %q", d.name, s), func() error {
+		if strings.Contains(d.out.String(), s) {
+			return nil
+		}
 		select {
 		case <-d.done:
 			d.t.Fatalf("%s exited (%v) before printing %q:\n%s", d.name, d.err, s, d.out.String())
 		default:
 		}
-		if time.Now().After(deadline) {
-			d.t.Fatalf("%s did not print %q within %v:\n%s", d.name, s, timeout, d.out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return fmt.Errorf("it printed:\n%s", d.out.String())
+	})
 }
 
 // logEvent is a line of rockudp's JSON log (--log-format json).

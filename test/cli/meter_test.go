@@ -5,12 +5,15 @@ package cli
 import (
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"hash"
 	"io"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/rockudp/rockudp/internal/testwait"
 )
 
 // meter consumes a stream: it hashes every byte, paces itself to rate bytes per second
@@ -91,18 +94,17 @@ func (m *meter) longestGap() time.Duration {
 // waitBytes waits until at least n bytes have arrived.
 func (m *meter) waitBytes(t *testing.T, n int64, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for m.n.Load() < n {
+	testwait.Within(t, timeout, fmt.Sprintf("%d bytes", n), func() error {
+		if m.n.Load() >= n {
+			return nil
+		}
 		select {
 		case <-m.done:
 			t.Fatalf("stream ended after %d bytes (err %v), before %d", m.n.Load(), m.err, n)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d bytes after %v", m.n.Load(), n, timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return fmt.Errorf("only %d so far", m.n.Load())
+	})
 }
 
 // finish stops throttling and waits for the end of the stream.

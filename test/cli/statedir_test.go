@@ -5,6 +5,7 @@ package cli
 import (
 	"bytes"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/rockudp/rockudp/internal/testport"
+	"github.com/rockudp/rockudp/internal/testwait"
 )
 
 // sink is a TCP service that reads its connections one after another, in the order they
@@ -114,13 +116,12 @@ func TestServeStateDir(t *testing.T) {
 		wrote <- c.(*net.TCPConn).CloseWrite()
 	}()
 
-	deadline := time.Now().Add(lateLimit)
-	for svc.n.Load() < 4<<20 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the sink got only %d bytes", svc.n.Load())
+	testwait.Within(t, lateLimit, "4 MiB at the sink", func() error {
+		if n := svc.n.Load(); n < 4<<20 {
+			return fmt.Errorf("the sink got only %d bytes", n)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	stopped := time.Now()
 	if err := serve1.stop(); err != nil {
 		t.Fatalf("serve exited with %v:\n%s", err, serve1.out.String())
@@ -156,13 +157,12 @@ func TestServeStateDir(t *testing.T) {
 	if _, err := io.Copy(io.Discard, c); err != nil { // the sink's FIN, after it read everything
 		t.Fatalf("the client's read failed: %v", err)
 	}
-	deadline = time.Now().Add(lateLimit)
-	for svc.n.Load() < size || svc.conns.Load() < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the sink got %d of %d bytes over %d connections", svc.n.Load(), size, svc.conns.Load())
+	testwait.Within(t, lateLimit, "the whole stream at the sink", func() error {
+		if svc.n.Load() < size || svc.conns.Load() < 2 {
+			return fmt.Errorf("the sink got %d of %d bytes over %d connections", svc.n.Load(), size, svc.conns.Load())
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	if got := svc.sum(); !bytes.Equal(got, want.Sum(nil)) || svc.n.Load() != size {
 		t.Fatalf("the sink got %d bytes with another hash (%x, want %x)", svc.n.Load(), got[:8], want.Sum(nil)[:8])
 	}

@@ -5,6 +5,7 @@ package mobility
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rockudp/rockudp/internal/testwait"
 	"github.com/rockudp/rockudp/test/netlab"
 )
 
@@ -89,6 +91,8 @@ func TestTunnelDNS(t *testing.T) {
 		wg      sync.WaitGroup
 	)
 	stop := make(chan struct{})
+	halt := sync.OnceFunc(func() { close(stop); wg.Wait() }) // also when the test fails early
+	t.Cleanup(halt)
 	wg.Go(func() {
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
@@ -118,15 +122,12 @@ func TestTunnelDNS(t *testing.T) {
 	}
 	pollUntil := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(2 * time.Minute)
-		for !cond() {
-			if time.Now().After(deadline) {
-				close(stop)
-				wg.Wait()
-				t.Fatalf("no %s within 2 minutes", what)
+		testwait.Within(t, 2*time.Minute, what, func() error {
+			if !cond() {
+				return errors.New("none yet")
 			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 
 	// The client's address changes (the old one is removed first).
@@ -151,8 +152,7 @@ func TestTunnelDNS(t *testing.T) {
 	restored := time.Now()
 	pollUntil("answer to a query sent after the outage", func() bool { return answeredAfter(restored) })
 	time.Sleep(3 * time.Second) // a few more queries on the mended link
-	close(stop)
-	wg.Wait()
+	halt()
 
 	// The first answer after the outage tells the recovery time. Every query sent outside
 	// the outage is answered. The outage, for a query, lasts from a second before the link

@@ -152,7 +152,7 @@ func runDemo(ctx context.Context, out io.Writer, g *globalOpts, o *demoOpts) err
 	loops.Add(2)
 	go func() {
 		defer loops.Done()
-		serveRocks(ctx, serveLn, svcLn.Addr().String(), true, nil, g.logger, nil, nil)
+		serveRocks(ctx, serveLn, svcLn.Addr().String(), nil, g.logger, nil, nil)
 	}()
 	go func() {
 		defer loops.Done()

@@ -11,12 +11,12 @@ import (
 	"github.com/rockudp/rockudp/tcprocks"
 )
 
-// serveRocks is the paper's rockd: it accepts rocks (and, when plainOK, plain TCP from
-// ordinary clients) on ln and joins each, and each rock of imported, to a new TCP
+// serveRocks is the paper's rockd: it accepts rocks (and, when ln takes them — no
+// pre-shared key —, plain TCP from ordinary clients) on ln and joins each, and each rock of imported, to a new TCP
 // connection to the service at to. It returns when ln is closed, after every joined pair
 // has ended. When ctx ends, every pair is closed — after handOff, when it is not nil, has
 // taken the rocks it wants (Conn.Export), whose clients then see no close.
-func serveRocks(ctx context.Context, ln *tcprocks.Listener, to string, plainOK bool, tr *rockTracker, log *slog.Logger,
+func serveRocks(ctx context.Context, ln *tcprocks.Listener, to string, tr *rockTracker, log *slog.Logger,
 	imported []*tcprocks.Conn, handOff func()) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -59,7 +59,7 @@ func serveRocks(ctx context.Context, ln *tcprocks.Listener, to string, plainOK b
 	for _, c := range imported {
 		join(c)
 	}
-	rl := &rockOnly{Listener: ln, plainOK: plainOK, tr: tr, log: log}
+	rl := &trackedListener{Listener: ln, tr: tr}
 	for {
 		c, err := rl.AcceptRock()
 		if err != nil {
@@ -110,36 +110,28 @@ func connectRocks(ctx context.Context, local net.Listener, server string, cfg *t
 	}
 }
 
-// rockOnly is a rock listener that, when a key is required (!plainOK), turns away
-// ordinary TCP clients — they have proven nothing — and records every rock in tr.
-type rockOnly struct {
+// trackedListener records every connection it accepts in tr. (A listener with a pre-shared
+// key turns ordinary TCP clients away itself: tcprocks refuses them, as they have proven
+// nothing.)
+type trackedListener struct {
 	*tcprocks.Listener
-	plainOK bool
-	tr      *rockTracker // nil: no tracking
-	log     *slog.Logger
+	tr *rockTracker // nil: no tracking
 }
 
-// AcceptRock returns the next admitted connection.
-func (l *rockOnly) AcceptRock() (*tcprocks.Conn, error) {
-	for {
-		c, err := l.AcceptConn()
-		if err != nil {
-			return nil, err
-		}
-		if !l.plainOK && !c.Enhanced() {
-			l.log.Warn("refused an ordinary TCP client: a pre-shared key is required", "client", c.RemoteAddr())
-			c.Close()
-			continue
-		}
-		if l.tr != nil {
-			l.tr.add(c)
-		}
-		return c, nil
+// AcceptRock returns the next accepted connection.
+func (l *trackedListener) AcceptRock() (*tcprocks.Conn, error) {
+	c, err := l.AcceptConn()
+	if err != nil {
+		return nil, err
 	}
+	if l.tr != nil {
+		l.tr.add(c)
+	}
+	return c, nil
 }
 
 // Accept is AcceptRock for users of net.Listener (tunnel.Serve).
-func (l *rockOnly) Accept() (net.Conn, error) {
+func (l *trackedListener) Accept() (net.Conn, error) {
 	c, err := l.AcceptRock()
 	if err != nil {
 		return nil, err

@@ -239,7 +239,7 @@ listener's EDP announcement, so clients' cached probes stay valid across restart
 			defer startStatusFor(tr, "serve", fmt.Sprintf("%s -> %s", ln.Addr(), to), g.logger)()
 			stop := context.AfterFunc(ctx, func() { ln.Close() })
 			defer stop()
-			err = serveRocks(ctx, ln, to, o.pskFile == "", tr, g.logger, imported, handOff)
+			err = serveRocks(ctx, ln, to, tr, g.logger, imported, handOff)
 			finishClosing(tr, g)
 			return err
 		},

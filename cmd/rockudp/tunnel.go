@@ -94,7 +94,7 @@ func newTunnelServerCmd(g *globalOpts) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("cannot listen on %s: %w", listen, err)
 			}
-			acc, err := tunnel.Serve(&rockOnly{Listener: ln, plainOK: o.rock.pskFile == "", tr: tr, log: g.logger}, to, tcfg)
+			acc, err := tunnel.Serve(&trackedListener{Listener: ln, tr: tr}, to, tcfg)
 			if err != nil {
 				return err
 			}

@@ -74,15 +74,13 @@ func (o *rockOpts) config(log *slog.Logger, tr *rockTracker) (*tcprocks.Config, 
 		Logger:        log,
 	}
 	if o.pskFile != "" {
+		// tcprocks mixes the key into every rock's keys and confirms it at initialisation;
+		// resumptions prove keys derived from it.
 		key, err := pskauth.LoadFile(o.pskFile)
 		if err != nil {
 			return nil, err
 		}
-		auth, err := pskauth.New(key)
-		if err != nil {
-			return nil, err
-		}
-		cfg.PSK, cfg.Authenticator, cfg.RequireEnhanced = key, auth, true
+		cfg.PSK, cfg.RequireEnhanced = key, true
 	}
 	return cfg, nil
 }

@@ -88,10 +88,6 @@ func rockConfig(pskFile string, log *slog.Logger) (*tcprocks.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	auth, err := pskauth.New(key)
-	if err != nil {
-		return nil, err
-	}
-	cfg.PSK, cfg.Authenticator, cfg.RequireEnhanced = key, auth, true
+	cfg.PSK, cfg.RequireEnhanced = key, true // confirmed by tcprocks at initialisation
 	return cfg, nil
 }

@@ -71,6 +71,16 @@ func TestClientSpeaksFirst(t *testing.T) {
 	if err != nil || string(buf[:n]) != req {
 		t.Fatalf("first read %q, %v; want the whole request", buf[:n], err)
 	}
+	// No round trip added, counted on the wire: the request went out in one flight
+	// and reached the application before the server had sent the client a single
+	// byte (the classifier answers nothing and waits for nothing more).
+	if srvW, ok := tcpCounts(t, s); ok {
+		cliW, _ := tcpCounts(t, c)
+		if srvW.DataSegsOut != 0 || cliW.BytesReceived != 0 {
+			t.Errorf("before the application answered, the server sent %d data segments and the client received %d bytes; want 0 and 0",
+				srvW.DataSegsOut, cliW.BytesReceived)
+		}
+	}
 	if r := s.Result(); r.Enhanced || r.Reason != ReasonData {
 		t.Errorf("result %+v", r)
 	}
@@ -79,6 +89,10 @@ func TestClientSpeaksFirst(t *testing.T) {
 	got := make([]byte, len(resp))
 	if _, err := io.ReadFull(c, got); err != nil {
 		t.Fatal(err)
+	}
+	// The counter is live: now the client has received exactly the response.
+	if w, ok := tcpCounts(t, c); ok && w.BytesReceived != uint64(len(resp)) {
+		t.Errorf("client received %d bytes in all, want the %d of the response", w.BytesReceived, len(resp))
 	}
 }
 

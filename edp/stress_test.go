@@ -16,7 +16,7 @@ import (
 //
 // FirstByteWait is an hour here: with 1000 goroutines on a loaded 2-core machine under
 // -race, a client's first write can trail its connect by far more than the default
-// 10ms floor, and this test is about concurrency and classification, not the timer
+// 100ms floor, and this test is about concurrency and classification, not the timer
 // (TestServerSpeaksFirst covers that). The silent clients are released by writing.
 func TestManyMixedClients(t *testing.T) {
 	const (

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -96,28 +98,54 @@ func TestEDPProbeOrdinaryHTTP(t *testing.T) {
 	}
 }
 
-func TestEDPProbeBanner(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
+// TestEDPProbeOrdinaryReasons: each way an ordinary server can answer the probe is
+// printed with its reason, and the command still exits 0.
+func TestEDPProbeOrdinaryReasons(t *testing.T) {
+	for _, tc := range []struct {
+		want   string
+		handle func(c *net.TCPConn)
+	}{
+		{"ordinary data\n", func(c *net.TCPConn) { c.Write([]byte("SSH-2.0-OpenSSH_9.2\r\n")); c.Close() }},
+		{"ordinary closed\n", func(c *net.TCPConn) { c.Close() }},
+		{"ordinary reset\n", func(c *net.TCPConn) { io.Copy(io.Discard, c); c.SetLinger(0); c.Close() }},
+		{"ordinary timeout\n", nil}, // silent: holds the connection open until the test ends
+	} {
+		t.Run(strings.Fields(tc.want)[1], func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
-				return
+				t.Fatal(err)
 			}
-			c.Write([]byte("SSH-2.0-OpenSSH_9.2\r\n"))
-			c.Close()
-		}
-	}()
-	out, _, err := run(t, "edp", "probe", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out != "ordinary data\n" {
-		t.Fatalf("got %q, want %q", out, "ordinary data\n")
+			var wg sync.WaitGroup
+			quit := make(chan struct{})
+			t.Cleanup(func() { ln.Close(); close(quit); wg.Wait() })
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						if tc.handle == nil {
+							<-quit
+							c.Close()
+							return
+						}
+						tc.handle(c.(*net.TCPConn))
+					}()
+				}
+			}()
+			out, _, err := run(t, "edp", "probe", "--timeout", "300ms", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if out != tc.want {
+				t.Fatalf("got %q, want %q", out, tc.want)
+			}
+		})
 	}
 }
 

@@ -138,7 +138,7 @@ func TestEDPProbeOrdinaryReasons(t *testing.T) {
 					}()
 				}
 			}()
-			out, _, err := run(t, "edp", "probe", "--timeout", "300ms", ln.Addr().String())
+			out, _, err := run(t, "edp", "probe", ln.Addr().String())
 			if err != nil {
 				t.Fatal(err)
 			}

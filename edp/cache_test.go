@@ -160,8 +160,12 @@ func TestStaleAnnouncementAfterRestart(t *testing.T) {
 		t.Fatalf("result %+v", r)
 	}
 	// The server counts the stale connection once the client has closed it (after reading
-	// the reject), which may be after the client's Dial returned.
-	waitFor(t, "the stale connection counted", func() bool { return l2.Stats().Failed == 1 })
+	// the reject), and the enhanced one once its Init hooks have returned: either may be
+	// after the client's Dial returned.
+	waitFor(t, "the stale and the enhanced connection counted", func() bool {
+		s := l2.Stats()
+		return s.Failed >= 1 && s.Enhanced >= 1
+	})
 	if s := l2.Stats(); s.Probes != 1 || s.Failed != 1 || s.Enhanced != 1 {
 		t.Errorf("new server stats %+v, want 1 stale, 1 probe, 1 enhanced", s)
 	}

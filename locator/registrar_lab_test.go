@@ -54,6 +54,11 @@ func TestRegistrarFollowsHost(t *testing.T) {
 	}
 	waitFor(t, "the new address in the DNS", func() bool { return lookup() == "192.0.2.77:7000" })
 	t.Logf("address change registered %v after the lab changed the address", time.Since(start))
+	// The server applied the update before the Registrar read its answer: wait for that.
+	waitFor(t, "the Registrar to record the update", func() bool {
+		st := reg.Status()
+		return st.Successes >= 2 || st.Err != nil
+	})
 	if st := reg.Status(); st.Successes != 2 || st.Err != nil {
 		// The removal of the old address alone (before the new one came) must not have
 		// removed the name: one registration at start, one for the new address.

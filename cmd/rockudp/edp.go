@@ -34,7 +34,8 @@ func newEDPProbeCmd(g *globalOpts) *cobra.Command {
 it connects, half-closes and reads the server's announcement. It prints
 
   enhanced NAME/VERSION ...   the server is enhanced and offers these enhancements
-  ordinary REASON             it is an ordinary server (REASON: closed, reset, data, timeout)
+  ordinary REASON             it is an ordinary server (REASON: closed, reset, data, timeout,
+                              or truncated: an announcement cut short)
 
 and exits 0 in both cases. It exits non-zero only when HOST:PORT cannot be reached.`,
 		Example: "  rockudp edp probe 127.0.0.1:7000",

@@ -42,9 +42,9 @@ func (o *tunnelOpts) add(c *cobra.Command) {
 	o.rock.add(c)
 	f := c.Flags()
 	f.DurationVar(&o.maxAge, "max-age", 0, "drop datagrams this end sends that would arrive older than this (0: keep all)")
-	f.IntVar(&o.maxQueue, "max-queue", 4<<20, "bytes of datagrams queued while the rock is suspended")
-	f.IntVar(&o.maxFlows, "max-flows", 4096, "flows (source addresses) at once")
-	f.DurationVar(&o.idle, "idle-timeout", 2*time.Minute, "end a flow after this long without a datagram")
+	f.IntVar(&o.maxQueue, "max-queue", tunnel.DefaultMaxQueue, "bytes of datagrams queued while the rock is suspended")
+	f.IntVar(&o.maxFlows, "max-flows", tunnel.DefaultMaxFlows, "flows (source addresses) at once")
+	f.DurationVar(&o.idle, "idle-timeout", tunnel.DefaultIdleTimeout, "end a flow after this long without a datagram")
 }
 
 func (o *tunnelOpts) config(log *slog.Logger) (*tunnel.Config, error) {

@@ -125,7 +125,11 @@ func TestQueueFull(t *testing.T) {
 			t.Fatalf("reply %d carries seq %d", i, seq)
 		}
 	}
-	waitFor(t, "the counters", func() bool { return r.cli.Stats().DatagramsOut == uint64(n-int(full)+1) })
+	// Each sender counts a datagram after its write returns, which may be after the reply.
+	waitFor(t, "the counters", func() bool {
+		cs, ss := r.cli.Stats(), r.srv.Stats()
+		return cs.DatagramsOut == uint64(n-int(full)+1) && cs.DatagramsIn == ss.DatagramsOut+cs.Dropped()
+	})
 	cs, ss := r.cli.Stats(), r.srv.Stats()
 	if cs.DatagramsIn != ss.DatagramsOut+cs.Dropped() || cs.Dropped() != full || ss.Dropped() != 0 {
 		t.Fatalf("counters: client in %d, drops %v; server out %d, drops %v", cs.DatagramsIn, cs.Drops, ss.DatagramsOut, ss.Drops)
@@ -167,7 +171,10 @@ func TestMaxAgeQueued(t *testing.T) {
 	g.open()
 	waitFor(t, "every datagram to be delivered or dropped", func() bool {
 		cs, ss := r.cli.Stats(), r.srv.Stats()
-		return ss.DatagramsOut+cs.Dropped()+ss.Dropped() == 61
+		mu.Lock()
+		sunk := uint64(len(got)) // the sink records a datagram after the server counted it
+		mu.Unlock()
+		return ss.DatagramsOut+cs.Dropped()+ss.Dropped() == 61 && sunk == ss.DatagramsOut
 	})
 	cs, ss := r.cli.Stats(), r.srv.Stats()
 	mu.Lock()
@@ -310,7 +317,10 @@ func TestSequencedEchoThroughFailures(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "the counters", func() bool { return r.cli.Stats().DatagramsOut == uint64(total) })
+	// Each sender counts a datagram after its write returns, which may be after the reply.
+	waitFor(t, "the counters", func() bool {
+		return r.cli.Stats().DatagramsOut == uint64(total) && r.srv.Stats().DatagramsOut == uint64(total)
+	})
 	cs, ss := r.cli.Stats(), r.srv.Stats()
 	if received.Load() != int64(total) || cs.DatagramsIn != uint64(total) || cs.DatagramsOut != uint64(total) ||
 		ss.DatagramsIn != uint64(total) || ss.DatagramsOut != uint64(total) || cs.Dropped()+ss.Dropped() != 0 {

@@ -37,8 +37,10 @@ func TestEcho(t *testing.T) {
 				total += uint64(n)
 			}
 			want := uint64(len(sizes))
-			// A reply can reach its source before the sender has counted it.
-			waitFor(t, "the counters", func() bool { return r.cli.Stats().DatagramsOut == want })
+			// A reply can reach its source before either sender has counted it.
+			waitFor(t, "the counters", func() bool {
+				return r.cli.Stats().DatagramsOut == want && r.srv.Stats().DatagramsOut == want
+			})
 			cs, ss := r.cli.Stats(), r.srv.Stats()
 			if cs.DatagramsIn != want || cs.DatagramsOut != want || ss.DatagramsIn != want || ss.DatagramsOut != want {
 				t.Fatalf("datagram counters: client %+v server %+v", cs, ss)

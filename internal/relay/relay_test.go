@@ -83,6 +83,11 @@ func TestUDPForward(t *testing.T) {
 	if got := udpRoundTrip(t, a, "a2", patience); got != upA {
 		t.Fatalf("second datagram of a flow left from %q, not %q", got, upA)
 	}
+	// A datagram is counted after its write returns, which may be after the echo arrived.
+	waitFor(t, "the datagram counters", func() bool {
+		s := r.Stats()
+		return s.DatagramsUp >= 3 && s.DatagramsDown >= 3
+	})
 	if s := r.Stats(); s.UDPFlows != 2 || s.DatagramsUp != 3 || s.DatagramsDown != 3 {
 		t.Fatalf("stats %+v", s)
 	}

@@ -2,6 +2,7 @@ package udpnotify
 
 import (
 	"context"
+	"errors"
 	"net"
 	"slices"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/rockudp/rockudp/callbacks"
 	"github.com/rockudp/rockudp/edp"
+	"github.com/rockudp/rockudp/internal/testwait"
 	"github.com/rockudp/rockudp/tcprocks"
 )
 
@@ -75,14 +77,15 @@ func kinds(es []callbacks.Event) []string {
 // eventually polls cond until it holds or waitFor passes.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, waitFor)
+	testwait.Within(t, waitFor, what, func() error {
+		if cond() {
+			return nil
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return errNotYet
+	})
 }
+
+var errNotYet = errors.New("not yet")
 
 // clientRockConfig returns a client rock configuration with the tests' control client and a
 // probe cache of its own.
